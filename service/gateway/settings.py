@@ -1,0 +1,85 @@
+"""Gateway settings: one typed object, read from `CA_*` environment variables.
+
+Built by whoever starts the app (`ca-serve serve`, tests) and passed to
+`create_app(settings)`; never instantiated at import time.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from service.spec import ONNX_MODEL
+
+
+def available_cores() -> int:
+    """Cores this process may run on (cgroup/affinity aware where the OS says so)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class Settings(BaseSettings):
+    """Every knob of the gateway. Units are in the names."""
+
+    model_config = SettingsConfigDict(env_prefix="CA_", extra="ignore", frozen=True)
+
+    # Where the model comes from.
+    backend: Literal["embedded", "triton"] = "embedded"
+    model_repository: Path = Path("model_repository")
+    model_name: str = ONNX_MODEL
+    model_version: str = "1"
+    triton_url: str = "127.0.0.1:8001"
+    triton_protocol: Literal["grpc", "http"] = "grpc"
+    triton_model: str = ONNX_MODEL
+    triton_model_version: str = ""
+    triton_use_classification: bool = True
+
+    # Serving.
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    workers: int = Field(1, ge=1)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    default_top_k: int = Field(5, ge=1)
+
+    # Batching and capacity.
+    max_batch_size: int = Field(16, ge=1, le=1024)
+    max_batch_delay_ms: float = Field(2.0, ge=0.0, le=1000.0)
+    max_queue: int = Field(256, ge=1)
+    request_timeout_s: float = Field(10.0, gt=0.0)
+    preprocess_threads: int = Field(0, ge=0, description="0 means one per available core")
+    inference_threads: int = Field(0, ge=0, description="0 means one per available core")
+
+    # Limits on what a client may send.
+    max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+    max_image_pixels: int = Field(40_000_000, ge=1)
+    max_files: int = Field(16, ge=1)
+
+    # Security.
+    api_keys: Annotated[tuple[str, ...], NoDecode] = ()
+    cors_origins: Annotated[tuple[str, ...], NoDecode] = ()
+
+    @field_validator("api_keys", "cors_origins", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        # Environment variables carry lists as "a,b,c".
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @property
+    def preprocess_workers(self) -> int:
+        return self.preprocess_threads or available_cores()
+
+    @property
+    def inference_workers(self) -> int:
+        return self.inference_threads or available_cores()
+
+    @property
+    def model_dir(self) -> Path:
+        return self.model_repository / self.model_name
