@@ -1,0 +1,48 @@
+# syntax=docker/dockerfile:1
+# The model builder: CPU torch + the [model] extra, running `ca-serve build-repo`.
+#
+#   # the tool itself: `docker run ... ca-serve-builder build-repo --output /out ...`
+#   docker build -f deploy/docker/builder.Dockerfile --target builder -t ca-serve-builder:0.1.0 .
+#   # the model image the Kubernetes init containers copy the repository from
+#   docker build -f deploy/docker/builder.Dockerfile --build-arg WEIGHTS=default \
+#       -t ca-serve-model:0.1.0 .
+#
+# WEIGHTS is what `build-repo --weights` takes: `default` (the authors' release), a URL,
+# or `random` (loudly marked as such in the repository). The export is verified against
+# eager PyTorch while the image builds, so a bad checkpoint fails the build, not a pod.
+ARG PYTHON_VERSION=3.11
+
+FROM python:${PYTHON_VERSION}-slim-bookworm AS builder
+# The Makefile's pin. The CPU index: PyPI's default Linux wheel is the multi-GB CUDA build.
+ARG TORCH_VERSION=2.13.0
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONUNBUFFERED=1
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch==${TORCH_VERSION}"
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY service ./service
+COPY clients ./clients
+COPY model_repository ./model_repository
+RUN pip install ".[model]"
+RUN groupadd --system --gid 10001 ca-serve \
+    && useradd --system --uid 10001 --gid 10001 --create-home --home-dir /home/ca-serve ca-serve
+USER 10001:10001
+ENTRYPOINT ["ca-serve"]
+CMD ["build-repo", "--help"]
+
+FROM builder AS export
+ARG WEIGHTS=default
+USER root
+RUN ca-serve build-repo --weights "${WEIGHTS}" --target gpu \
+        --output /opt/ca-serve/model_repository \
+    && test -f /opt/ca-serve/model_repository/ca_mobilenetv2_onnx/1/model.onnx
+
+# The model image: only the repository and a shell to copy it, for init containers
+# (`cp -R /opt/ca-serve/model_repository/. /models/`).
+FROM busybox:1.37 AS model
+COPY --from=export --chown=10001:10001 /opt/ca-serve/model_repository /opt/ca-serve/model_repository
+USER 10001:10001
+CMD ["cp", "-R", "/opt/ca-serve/model_repository/.", "/models/"]
