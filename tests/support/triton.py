@@ -141,7 +141,9 @@ class TritonServer:
             if self.is_ready():
                 return
             time.sleep(0.2)
-        raise TimeoutError(f"tritonserver not ready in {self.ready_timeout_s} s:\n{self.log_tail()}")
+        raise TimeoutError(
+            f"tritonserver not ready in {self.ready_timeout_s} s:\n{self.log_tail()}"
+        )
 
     def log_tail(self, lines: int = 40) -> str:
         try:

@@ -1,0 +1,136 @@
+"""Export the served graph to TorchScript and ONNX, and check every export against eager.
+
+An export is written to the repository only after it agrees with eager PyTorch on real
+photos: max absolute difference on probabilities within `PROBS_ATOL` and the same top-5.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from service.spec import ModelSpec
+
+PROBS_ATOL = 1e-5
+TOP_K = 5
+ONNX_OPSET = 17
+
+Batch = NDArray[np.uint8]
+Probs = NDArray[np.float32]
+Runner = Callable[[Batch], Probs]
+
+
+class ExportMismatch(RuntimeError):
+    """An exported form disagrees with eager PyTorch."""
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """How closely one exported form matched eager PyTorch."""
+
+    form: str
+    max_abs_diff: float
+    same_top_k: bool
+    batch_size: int
+
+
+def eager_runner(served: torch.nn.Module) -> Runner:
+    def run(batch: Batch) -> Probs:
+        with torch.inference_mode():
+            return served(torch.from_numpy(batch)).numpy()
+
+    return run
+
+
+def export_torchscript(served: torch.nn.Module, path: Path, spec: ModelSpec) -> None:
+    """Trace and freeze; the batch dimension stays dynamic (checked by `verify`)."""
+    example = torch.zeros((2, *spec.input_shape), dtype=torch.uint8)
+    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer chatter about shapes read as Python ints
+        traced = torch.jit.trace(served.eval(), (example,))
+        frozen = torch.jit.freeze(traced)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.jit.save(frozen, str(path))
+
+
+def torchscript_runner(path: Path) -> Runner:
+    module = torch.jit.load(str(path), map_location="cpu").eval()
+
+    def run(batch: Batch) -> Probs:
+        with torch.inference_mode():
+            return module(torch.from_numpy(batch)).numpy()  # type: ignore[no-any-return]
+
+    return run
+
+
+def export_onnx(served: torch.nn.Module, path: Path, spec: ModelSpec) -> None:
+    """ONNX with a dynamic batch axis, validated by `onnx.checker`."""
+    import onnx
+
+    example = torch.zeros((2, *spec.input_shape), dtype=torch.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            served.eval(),
+            (example,),
+            str(path),
+            input_names=[spec.input_name],
+            output_names=[spec.output_name],
+            dynamic_axes={spec.input_name: {0: "batch"}, spec.output_name: {0: "batch"}},
+            opset_version=ONNX_OPSET,
+            dynamo=False,
+        )
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+
+
+def onnx_runner(path: Path, spec: ModelSpec) -> Runner:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def run(batch: Batch) -> Probs:
+        return session.run([spec.output_name], {spec.input_name: batch})[0]  # type: ignore[no-any-return]
+
+    return run
+
+
+def top_k_indices(probs: Probs, k: int = TOP_K) -> NDArray[np.int64]:
+    """Indices of the k largest per row, best first."""
+    return np.argsort(-probs, axis=1, kind="stable")[:, :k]
+
+
+def same_ranking(got: Probs, reference: Probs, k: int = TOP_K, atol: float = PROBS_ATOL) -> bool:
+    """True when both give the same top-k, up to classes whose scores tie within `atol`.
+
+    Rank j of `got` must carry (by the reference's scores) the reference's rank-j score:
+    an exact match where classes are well separated, and no false alarm where two classes
+    are closer than float rounding (as with random-init weights).
+    """
+    rows = np.arange(len(reference))[:, None]
+    by_got = reference[rows, top_k_indices(got, k)]
+    by_reference = reference[rows, top_k_indices(reference, k)]
+    return bool(np.all(np.abs(by_got - by_reference) <= atol))
+
+
+def verify(form: str, reference: Probs, candidate: Runner, batch: Batch) -> Agreement:
+    """Compare `candidate(batch)` to the eager `reference`; raise `ExportMismatch` if off."""
+    got = candidate(batch)
+    if got.shape != reference.shape:
+        raise ExportMismatch(f"{form}: output shape {got.shape}, eager gives {reference.shape}")
+    diff = float(np.max(np.abs(got.astype(np.float64) - reference)))
+    same = same_ranking(got, reference)
+    if diff > PROBS_ATOL or not same:
+        raise ExportMismatch(
+            f"{form} disagrees with eager PyTorch: max |diff| {diff:.2e} (limit {PROBS_ATOL:.0e}), "
+            f"same top-{TOP_K}: {same}"
+        )
+    return Agreement(form=form, max_abs_diff=diff, same_top_k=same, batch_size=len(batch))

@@ -1,0 +1,228 @@
+"""Build the Triton model repository from a checkpoint: `ca-serve build-repo`.
+
+GPU target (the default) writes three models that serve the same graph:
+`ca_mobilenetv2` (TorchScript), `ca_mobilenetv2_onnx` (ONNX, TensorRT accelerator on GPU)
+and `ca_mobilenetv2_trt` (a TensorRT plan, built on the GPU that will run it). CPU target
+writes `ca_mobilenetv2_onnx` behind Triton's Python backend for Triton builds without GPU
+backends. Every export is verified against eager PyTorch before it is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from service.model import triton_config
+from service.model.checkpoint import (
+    AUTHORS_CHECKPOINT_URL,
+    CheckpointError,
+    load_checkpoint,
+    resolve,
+    sha256_of,
+)
+from service.model.export import (
+    Agreement,
+    eager_runner,
+    export_onnx,
+    export_torchscript,
+    onnx_runner,
+    torchscript_runner,
+    verify,
+)
+from service.model.network import CAMobileNetV2, ca_mobilenet_v2
+from service.model.served import ServedModel
+from service.spec import (
+    LABELS_FILENAME,
+    ONNX_MODEL,
+    SPEC_FILENAME,
+    TENSORRT_MODEL,
+    TORCHSCRIPT_MODEL,
+    WEIGHTS_FILENAME,
+    ModelSpec,
+    WeightsInfo,
+    default_labels_path,
+    load_labels,
+)
+from service.verification import verification_batch
+
+log = logging.getLogger(__name__)
+
+Target = Literal["gpu", "cpu"]
+VERSION = "1"
+RANDOM_SEED = 0
+DEFAULT_WEIGHTS = "default"
+RANDOM_WEIGHTS = "random"
+PYTHON_MODEL = Path(__file__).parent / "triton_python" / "model.py"
+Progress = Callable[[str], None]
+
+
+@dataclass
+class BuildReport:
+    output: Path
+    target: Target
+    weights: WeightsInfo
+    models: dict[str, Path] = field(default_factory=dict)
+    agreements: list[Agreement] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def model_specs(num_classes: int = 1000) -> dict[triton_config.Kind, ModelSpec]:
+    """The spec of each model. libtorch binds tensors by the `<name>__<index>` convention."""
+    onnx = ModelSpec(name=ONNX_MODEL, num_classes=num_classes)
+    return {
+        "torchscript": replace(
+            onnx, name=TORCHSCRIPT_MODEL, input_name="IMAGE__0", output_name="PROBS__0"
+        ),
+        "onnx": onnx,
+        "tensorrt": replace(onnx, name=TENSORRT_MODEL),
+        "python_onnx": onnx,
+    }
+
+
+def random_network(num_classes: int = 1000) -> CAMobileNetV2:
+    """Seeded, so two builds without a checkpoint serve identical (meaningless) weights."""
+    torch.manual_seed(RANDOM_SEED)
+    return ca_mobilenet_v2(num_classes=num_classes).eval()
+
+
+def load_weights(weights: str, warn: Progress) -> tuple[CAMobileNetV2, WeightsInfo]:
+    """`default` (the authors' release, else random with a warning), `random`, a path or URL."""
+    if weights == RANDOM_WEIGHTS:
+        network = random_network()
+        return network, WeightsInfo(source="random-init", random_init=True)
+    source = AUTHORS_CHECKPOINT_URL if weights == DEFAULT_WEIGHTS else weights
+    try:
+        path = resolve(source)
+        network = load_checkpoint(path)
+    except CheckpointError as exc:
+        if weights != DEFAULT_WEIGHTS:
+            raise
+        warn(
+            "!" * 78
+            + f"\n!! WARNING: the authors' checkpoint could not be loaded:\n!!   {exc}\n"
+            + f"!! Serving DETERMINISTIC RANDOM weights (seed {RANDOM_SEED}): predictions are"
+            " meaningless.\n!! Pass --weights PATH to serve a real checkpoint.\n" + "!" * 78
+        )
+        network = random_network()
+        return network, WeightsInfo(
+            source="random-init", random_init=True, notes=[f"fallback: {exc}"]
+        )
+    return network, WeightsInfo(source=str(source), random_init=False, sha256=sha256_of(path))
+
+
+def write_model_dir(
+    output: Path, kind: triton_config.Kind, spec: ModelSpec, labels: list[str]
+) -> Path:
+    """config.pbtxt, labels.txt and spec.json: what a model directory holds besides weights."""
+    model_dir = output / spec.name
+    (model_dir / VERSION).mkdir(parents=True, exist_ok=True)
+    config = triton_config.build_config(kind, spec)
+    (model_dir / "config.pbtxt").write_text(triton_config.render(config))
+    (model_dir / LABELS_FILENAME).write_text("\n".join(labels) + "\n", encoding="utf-8")
+    (model_dir / SPEC_FILENAME).write_text(spec.to_json())
+    return model_dir
+
+
+def default_labels(num_classes: int) -> list[str]:
+    if num_classes == 1000:
+        return load_labels(default_labels_path(), expected=1000)
+    # A fine-tune with its own classes: numbered labels until the owner supplies names.
+    return [f"class_{index}" for index in range(num_classes)]
+
+
+def _printer(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@contextmanager
+def _step(progress: Progress, title: str) -> Iterator[None]:
+    started = time.perf_counter()
+    progress(f"-> {title} ...")
+    yield
+    progress(f"   done in {time.perf_counter() - started:.1f} s")
+
+
+def build_repository(
+    output: Path,
+    *,
+    weights: str = DEFAULT_WEIGHTS,
+    target: Target = "gpu",
+    tensorrt: bool = False,
+    labels_file: Path | None = None,
+    progress: Progress = _printer,
+) -> BuildReport:
+    """Export, verify and write the repository; returns what was written and measured."""
+    output = Path(output)
+    with _step(progress, f"loading weights ({weights})"):
+        network, info = load_weights(weights, progress)
+    num_classes = network.num_classes
+    labels = (
+        load_labels(labels_file, expected=num_classes)
+        if labels_file
+        else default_labels(num_classes)
+    )
+    info = replace(info, num_parameters=sum(p.numel() for p in network.parameters()))
+    report = BuildReport(output=output, target=target, weights=info)
+    specs = model_specs(num_classes)
+    served = ServedModel(network, specs["onnx"]).eval()
+    batch = verification_batch(specs["onnx"])
+    reference = eager_runner(served)(batch)
+
+    kinds: list[triton_config.Kind] = (
+        ["torchscript", "onnx", "tensorrt"] if target == "gpu" else ["python_onnx"]
+    )
+    for kind in kinds:
+        spec = specs[kind]
+        model_dir = write_model_dir(output, kind, spec, labels)
+        version_dir = model_dir / VERSION
+        report.models[spec.name] = model_dir
+        if kind == "torchscript":
+            path = version_dir / "model.pt"
+            with _step(progress, f"exporting TorchScript -> {path}"):
+                export_torchscript(served, path, spec)
+                report.agreements.append(
+                    verify("torchscript", reference, torchscript_runner(path), batch)
+                )
+        elif kind in ("onnx", "python_onnx"):
+            path = version_dir / "model.onnx"
+            with _step(progress, f"exporting ONNX -> {path}"):
+                export_onnx(served, path, spec)
+                report.agreements.append(verify("onnx", reference, onnx_runner(path, spec), batch))
+            if kind == "python_onnx":
+                shutil.copy2(PYTHON_MODEL, version_dir / "model.py")
+        elif kind == "tensorrt":
+            report.notes.append(_tensorrt_step(output, tensorrt, progress))
+        (version_dir / WEIGHTS_FILENAME).write_text(info.to_json())
+
+    for agreement in report.agreements:
+        progress(
+            f"   {agreement.form}: max |diff| vs eager {agreement.max_abs_diff:.2e} on "
+            f"{agreement.batch_size} photos, same top-5: {agreement.same_top_k}"
+        )
+    for note in report.notes:
+        progress(f"   note: {note}")
+    if info.random_init:
+        progress("!! The repository holds RANDOM-INIT weights: fine for tests, not for users.")
+    return report
+
+
+def _tensorrt_step(output: Path, requested: bool, progress: Progress) -> str:
+    from service.model import tensorrt as trt_build
+
+    if not requested and not trt_build.available():
+        return (
+            "TensorRT plan not built here (no CUDA/TensorRT); build it on the GPU node with "
+            "`python -m service.model.tensorrt --repository DIR`"
+        )
+    with _step(progress, "building the TensorRT plan (FP16)"):
+        plan = trt_build.build_for_repository(output)
+    return f"TensorRT plan written to {plan}"
