@@ -43,15 +43,23 @@ class Classification:
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """`GET /v1/model`: what is being served and where its weights came from."""
+    """`GET /v1/model`: what is being served and where its weights came from.
+
+    `random_init` True means the weights are random and every answer is noise.
+    """
 
     name: str
     version: str
+    backend: str
+    architecture: str
     num_classes: int
     input_size: int
+    resize_shorter: int
     weights_source: str
     random_init: bool
-    raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    weights_sha256: str | None = None
+    weights_warning: str | None = None
+    labels: tuple[str, ...] = field(default=(), repr=False)
 
 
 def _bad(message: str) -> APIError:
@@ -73,9 +81,8 @@ def parse_classify(
     if not isinstance(payload, Mapping) or not isinstance(payload.get("results"), list):
         raise _bad("no 'results' list")
     model = payload.get("model")
-    model_name = str(model.get("name", "")) if isinstance(model, Mapping) else str(model or "")
-    version = model.get("version") if isinstance(model, Mapping) else None
-    model_version = str(payload.get("model_version", version or ""))
+    if not isinstance(model, Mapping) or "name" not in model or "version" not in model:
+        raise _bad("no 'model' with name and version")
     results = []
     for item in payload["results"]:
         if not isinstance(item, Mapping) or not isinstance(item.get("predictions"), list):
@@ -84,8 +91,8 @@ def parse_classify(
         results.append(
             Classification(
                 predictions=tuple(_prediction(p) for p in item["predictions"]),
-                model=model_name,
-                model_version=model_version,
+                model=str(model["name"]),
+                model_version=str(model["version"]),
                 filename=str(filename) if filename is not None else None,
                 request_id=request_id,
                 latency_s=latency_s,
@@ -94,20 +101,27 @@ def parse_classify(
     return results
 
 
+def _optional_str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
 def parse_model_info(payload: Any) -> ModelInfo:
     """A `ModelInfo` from a `GET /v1/model` answer."""
-    if not isinstance(payload, Mapping):
-        raise _bad("model info is not an object")
     try:
-        weights = payload.get("weights") or {}
+        weights = payload["weights"]
         return ModelInfo(
             name=str(payload["name"]),
             version=str(payload["version"]),
+            backend=str(payload["backend"]),
+            architecture=str(payload["architecture"]),
             num_classes=int(payload["num_classes"]),
             input_size=int(payload["input_size"]),
-            weights_source=str(payload.get("weights_source", weights.get("source", "unknown"))),
-            random_init=bool(payload.get("random_init", weights.get("random_init", False))),
-            raw=dict(payload),
+            resize_shorter=int(payload["resize_shorter"]),
+            weights_source=str(weights["source"]),
+            random_init=bool(weights["random_init"]),
+            weights_sha256=_optional_str(weights.get("sha256")),
+            weights_warning=_optional_str(weights.get("warning")),
+            labels=tuple(str(label) for label in payload.get("labels", ())),
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise _bad(f"model info {payload!r}") from exc
+        raise _bad(f"model info without {exc}") from exc
