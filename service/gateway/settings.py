@@ -39,26 +39,37 @@ class Settings(BaseSettings):
     triton_model: str = ONNX_MODEL
     triton_model_version: str = ""
     triton_use_classification: bool = True
+    triton_health_interval_s: float = Field(
+        default=1.0, gt=0.0, description="How often the Triton backend probes readiness"
+    )
 
     # Serving.
     host: str = "127.0.0.1"
-    port: int = Field(8000, ge=1, le=65535)
-    workers: int = Field(1, ge=1)
+    port: int = Field(default=8000, ge=1, le=65535)
+    workers: int = Field(default=1, ge=1)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    default_top_k: int = Field(5, ge=1)
+    default_top_k: int = Field(default=5, ge=1)
+    access_log: bool = True
+    graceful_shutdown_s: float = Field(
+        default=30.0, gt=0.0, description="On SIGTERM, how long in-flight requests may take"
+    )
 
     # Batching and capacity.
-    max_batch_size: int = Field(16, ge=1, le=1024)
-    max_batch_delay_ms: float = Field(2.0, ge=0.0, le=1000.0)
-    max_queue: int = Field(256, ge=1)
-    request_timeout_s: float = Field(10.0, gt=0.0)
-    preprocess_threads: int = Field(0, ge=0, description="0 means one per available core")
-    inference_threads: int = Field(0, ge=0, description="0 means one per available core")
+    max_batch_size: int = Field(default=16, ge=1, le=1024)
+    max_batch_delay_ms: float = Field(default=2.0, ge=0.0, le=1000.0)
+    max_queue: int = Field(default=256, ge=1)
+    request_timeout_s: float = Field(default=10.0, gt=0.0)
+    retry_after_s: int = Field(default=1, ge=0, description="Retry-After sent with 503 answers")
+    max_concurrent_batches: int = Field(
+        default=0, ge=0, description="Batches in flight at once; 0 means the backend's default"
+    )
+    preprocess_threads: int = Field(default=0, ge=0, description="0 means one per available core")
+    inference_threads: int = Field(default=0, ge=0, description="0 means one per available core")
 
     # Limits on what a client may send.
-    max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024)
-    max_image_pixels: int = Field(40_000_000, ge=1)
-    max_files: int = Field(16, ge=1)
+    max_upload_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    max_image_pixels: int = Field(default=40_000_000, ge=1)
+    max_files: int = Field(default=16, ge=1)
 
     # Security.
     api_keys: Annotated[tuple[str, ...], NoDecode] = ()

@@ -1,0 +1,87 @@
+"""`create_app(settings)`: the FastAPI application, built fresh per call (no globals).
+
+The lifespan loads the model info, starts the backend and the micro-batcher and keeps
+them on `app.state.runtime`; on shutdown it finishes every queued image first.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
+
+from service.gateway.backends import Backend
+from service.gateway.errors import install_handlers
+from service.gateway.metrics import GatewayMetrics
+from service.gateway.middleware import RequestContextMiddleware
+from service.gateway.routes import router
+from service.gateway.runtime import Runtime
+from service.gateway.security import ApiKeys
+from service.gateway.settings import Settings
+
+logger = logging.getLogger("ca.gateway")
+
+DESCRIPTION = """
+Image classification with CA-MobileNetV2 (MobileNetV2 with Coordinate Attention).
+
+POST an image (raw body with `Content-Type: image/jpeg|png|webp|gif|bmp|tiff`, or
+`multipart/form-data` with one or more `file` parts) to `/classify`; each image gets its
+`top_k` classes, best first. Errors are `{"error": {"code", "message"}}`.
+"""
+
+
+def create_app(
+    settings: Settings,
+    *,
+    registry: CollectorRegistry | None = None,
+    backend: Backend | None = None,
+) -> FastAPI:
+    """Build the app. `registry` isolates metrics (a fresh one by default); `backend`
+    replaces the one `settings.backend` names (tests use fakes)."""
+    metrics = GatewayMetrics(settings.backend, registry)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime = await Runtime.start(settings, metrics, backend)
+        app.state.runtime = runtime
+        logger.info(
+            "serving %s v%s with the %s backend",
+            runtime.model.spec.name,
+            runtime.backend.model_version(),
+            settings.backend,
+        )
+        try:
+            yield
+        finally:
+            logger.info("shutting down: finishing %d queued images", runtime.batcher.depth)
+            await runtime.close()
+            app.state.runtime = None
+
+    app = FastAPI(
+        title="ca-serve",
+        summary="CA-MobileNetV2 image classification",
+        description=DESCRIPTION,
+        version="1",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.api_keys = ApiKeys(settings.api_keys)
+    app.state.runtime = None
+    install_handlers(app)
+    app.include_router(router)
+    if settings.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+            expose_headers=["X-Request-ID"],
+        )
+    app.add_middleware(RequestContextMiddleware, metrics=metrics, log_access=settings.access_log)
+    return app

@@ -1,0 +1,74 @@
+"""The contract every inference backend meets, and the top-k arithmetic they share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+
+@dataclass(frozen=True)
+class TopK:
+    """The `k` best classes per row, best first: `indices` int64 and `scores` float32,
+    both shaped `[N, k]`."""
+
+    indices: NDArray[np.int64]
+    scores: NDArray[np.float32]
+
+    def __len__(self) -> int:
+        return int(self.indices.shape[0])
+
+    def row(self, i: int, k: int) -> list[tuple[int, float]]:
+        """Row `i`'s first `k` classes as `(index, score)` pairs."""
+        return [
+            (int(index), float(score))
+            for index, score in zip(self.indices[i, :k], self.scores[i, :k], strict=True)
+        ]
+
+
+class Backend(Protocol):
+    """An inference backend behind the micro-batcher.
+
+    Batches are uint8 `[N, H, W, 3]` (RGB, HWC) per the model spec. Failures are raised as
+    `errors.BackendUnavailable` (503) or `errors.RequestTimeout` (504); a model that does
+    not match its spec raises `errors.ContractError` from `start()`.
+    """
+
+    #: Label value for metrics: "embedded" or "triton".
+    name: str
+    #: Batches the gateway should keep in flight at once against this backend.
+    default_concurrent_batches: int
+
+    async def start(self) -> None:
+        """Connect or load, and check the model's contract."""
+
+    async def close(self) -> None:
+        """Release connections, sessions and threads."""
+
+    def ready(self) -> bool:
+        """Whether a request sent now is expected to succeed."""
+
+    def status(self) -> str:
+        """A short human-readable state, shown by `/readyz`."""
+
+    def model_version(self) -> str:
+        """The version being served."""
+
+    async def infer(self, batch: NDArray[np.uint8]) -> NDArray[np.float32]:
+        """Probabilities `[N, num_classes]` for a batch."""
+
+    async def top_k(self, batch: NDArray[np.uint8], k: int) -> TopK:
+        """The `k` best classes per image (server-side where the backend can)."""
+
+
+def top_k_from_probs(probs: NDArray[np.float32], k: int) -> TopK:
+    """Top-k of each row of `probs`, best first; ties go to the lower index."""
+    if probs.ndim != 2:
+        raise ValueError(f"expected [N, classes] probabilities, got shape {probs.shape}")
+    k = min(k, probs.shape[1])
+    # A stable sort on the negated scores keeps equal scores in index order.
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :k].astype(np.int64)
+    scores = np.take_along_axis(probs, order, axis=1).astype(np.float32)
+    return TopK(indices=order, scores=scores)

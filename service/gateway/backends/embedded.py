@@ -1,0 +1,118 @@
+"""ONNX Runtime in the gateway's process: what `make run` serves.
+
+The session runs on its own single thread (one batch at a time, each using
+`threads` intra-op threads), so inference never blocks the event loop and never
+oversubscribes the cores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+from numpy.typing import NDArray
+
+from service.gateway.backends.base import TopK, top_k_from_probs
+from service.gateway.errors import BackendUnavailable, ContractError
+from service.spec import ModelSpec
+
+logger = logging.getLogger("ca.gateway.backend.embedded")
+
+
+class EmbeddedBackend:
+    """Serves `<repository>/<model>/<version>/model.onnx` with ONNX Runtime (CPU)."""
+
+    name = "embedded"
+    default_concurrent_batches = 1
+
+    def __init__(self, model_path: Path, spec: ModelSpec, *, version: str, threads: int) -> None:
+        self.model_path = Path(model_path)
+        self.spec = spec
+        self.threads = max(1, threads)
+        self._version = version
+        self._session: ort.InferenceSession | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ca-onnxruntime")
+
+    async def start(self) -> None:
+        """Load the model and check it against the spec; raises `ContractError`."""
+        if not self.model_path.is_file():
+            raise ContractError(f"no ONNX model at {self.model_path}: build the repository first")
+        loop = asyncio.get_running_loop()
+        self._session = await loop.run_in_executor(self._executor, self._load)
+        logger.info(
+            "loaded %s with %d ONNX Runtime threads", self.model_path, self.threads
+        )
+
+    def _load(self) -> ort.InferenceSession:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session = ort.InferenceSession(
+            str(self.model_path), options, providers=["CPUExecutionProvider"]
+        )
+        check_session_contract(session, self.spec)
+        return session
+
+    async def close(self) -> None:
+        self._session = None
+        self._executor.shutdown(wait=True)
+
+    def ready(self) -> bool:
+        return self._session is not None
+
+    def status(self) -> str:
+        return "ready" if self._session is not None else "model not loaded"
+
+    def model_version(self) -> str:
+        return self._version
+
+    async def infer(self, batch: NDArray[np.uint8]) -> NDArray[np.float32]:
+        session = self._session
+        if session is None:
+            raise BackendUnavailable("the model is not loaded")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._run, session, batch)
+
+    async def top_k(self, batch: NDArray[np.uint8], k: int) -> TopK:
+        return top_k_from_probs(await self.infer(batch), k)
+
+    def _run(self, session: ort.InferenceSession, batch: NDArray[np.uint8]) -> NDArray[np.float32]:
+        outputs = session.run([self.spec.output_name], {self.spec.input_name: batch})
+        return np.asarray(outputs[0], dtype=np.float32)
+
+
+def _dims(shape: list[Any]) -> list[int | None]:
+    """ONNX Runtime shapes hold ints, symbolic names or None; keep the ints."""
+    return [dim if isinstance(dim, int) else None for dim in shape]
+
+
+def check_session_contract(session: ort.InferenceSession, spec: ModelSpec) -> None:
+    """Raise `ContractError` unless the graph takes and returns what the spec says."""
+    inputs = {node.name: node for node in session.get_inputs()}
+    outputs = {node.name: node for node in session.get_outputs()}
+    image = inputs.get(spec.input_name)
+    if image is None:
+        raise ContractError(f"model has no input {spec.input_name!r} (has {sorted(inputs)})")
+    if image.type != f"tensor({spec.dtype})":
+        raise ContractError(f"input {spec.input_name} is {image.type}, spec says {spec.dtype}")
+    if _dims(image.shape)[1:] != list(spec.input_shape) or len(image.shape) != 4:
+        raise ContractError(
+            f"input {spec.input_name} has shape {image.shape}, spec says [N, *{spec.input_shape}]"
+        )
+    probs = outputs.get(spec.output_name)
+    if probs is None:
+        raise ContractError(f"model has no output {spec.output_name!r} (has {sorted(outputs)})")
+    if probs.type != "tensor(float)":
+        raise ContractError(f"output {spec.output_name} is {probs.type}, expected float32")
+    if len(probs.shape) != 2 or _dims(probs.shape)[1] != spec.num_classes:
+        raise ContractError(
+            f"output {spec.output_name} has shape {probs.shape}, "
+            f"spec says [N, {spec.num_classes}]"
+        )

@@ -1,0 +1,122 @@
+"""The gateway's Prometheus metrics: names, buckets and label sets in one place.
+
+Names are the contract in DESIGN.md. Durations are seconds with geometric buckets from
+100 µs to ~13 s (decoding a thumbnail takes well under a millisecond, a cold batch
+seconds); batch sizes use powers of two. Label values are fixed sets chosen here
+(route templates, status codes, backend names, failure reasons), never client input.
+
+Each `GatewayMetrics` registers into its own `CollectorRegistry` (injectable, so tests
+and several apps in one process never collide). When `PROMETHEUS_MULTIPROC_DIR` is set
+(several uvicorn workers), values go to that directory and `render()` aggregates all
+workers' files.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client import multiprocess as prom_multiprocess
+
+DURATION_BUCKETS: tuple[float, ...] = tuple(0.0001 * 2**i for i in range(18))  # 100 µs..13 s
+BATCH_SIZE_BUCKETS: tuple[float, ...] = tuple(float(2**i) for i in range(11))  # 1..1024
+
+#: Every route template the app serves; anything else is counted as UNMATCHED_ROUTE.
+ROUTES = ("/", "/classify", "/healthz", "/readyz", "/metrics", "/v1/model", "/docs",
+          "/docs/oauth2-redirect", "/openapi.json")
+UNMATCHED_ROUTE = "unmatched"
+BACKEND_ERROR_REASONS = ("unavailable", "timeout", "bad_response", "error")
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+class GatewayMetrics:
+    """All gateway metrics, registered into `registry` (a fresh one by default)."""
+
+    def __init__(self, backend: str, registry: CollectorRegistry | None = None) -> None:
+        self.backend = backend
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "ca_gateway_requests", "HTTP requests answered, by route template and status code",
+            ["route", "status"], registry=r,
+        )
+        self.request_duration = Histogram(
+            "ca_gateway_request_duration_seconds", "Time from request start to response end",
+            ["route"], buckets=DURATION_BUCKETS, registry=r,
+        )
+        self.preprocess_duration = Histogram(
+            "ca_gateway_preprocess_duration_seconds", "Decode, resize and crop time per image",
+            buckets=DURATION_BUCKETS, registry=r,
+        )
+        self.queue_wait = Histogram(
+            "ca_gateway_queue_wait_seconds", "Time an image waited for its batch to start",
+            buckets=DURATION_BUCKETS, registry=r,
+        )
+        self.inference_duration = Histogram(
+            "ca_gateway_inference_duration_seconds", "Backend call time per batch",
+            ["backend"], buckets=DURATION_BUCKETS, registry=r,
+        )
+        self.batch_size = Histogram(
+            "ca_gateway_batch_size", "Images per backend call",
+            buckets=BATCH_SIZE_BUCKETS, registry=r,
+        )
+        self.queue_depth = Gauge(
+            "ca_gateway_queue_depth", "Images waiting in the micro-batcher's queue",
+            registry=r, multiprocess_mode="livesum",
+        )
+        self.inflight = Gauge(
+            "ca_gateway_inflight_requests", "HTTP requests being handled now",
+            registry=r, multiprocess_mode="livesum",
+        )
+        self.backend_errors = Counter(
+            "ca_gateway_backend_errors", "Failed backend calls, by reason",
+            ["backend", "reason"], registry=r,
+        )
+        # Create the known label values up front so dashboards see zeros, not gaps.
+        for route in ("/classify", "/healthz", "/readyz", "/v1/model"):
+            self.requests.labels(route, "200")
+            self.request_duration.labels(route)
+        self.inference_duration.labels(backend)
+        for reason in BACKEND_ERROR_REASONS:
+            self.backend_errors.labels(backend, reason)
+
+    @staticmethod
+    def route_label(template: str | None) -> str:
+        return template if template in ROUTES else UNMATCHED_ROUTE
+
+    def observe_request(self, route: str, status: int, duration_s: float) -> None:
+        self.requests.labels(route, str(status)).inc()
+        self.request_duration.labels(route).observe(duration_s)
+
+    def observe_batch(self, size: int, duration_s: float) -> None:
+        self.batch_size.observe(size)
+        self.inference_duration.labels(self.backend).observe(duration_s)
+
+    def backend_error(self, reason: str) -> None:
+        self.backend_errors.labels(self.backend, reason if reason in BACKEND_ERROR_REASONS
+                                   else "error").inc()
+
+    def render(self) -> bytes:
+        """The exposition text: every worker's values in multiprocess mode."""
+        if multiprocess_dir():
+            merged = CollectorRegistry()
+            prom_multiprocess.MultiProcessCollector(merged)
+            return generate_latest(merged)
+        return generate_latest(self.registry)
+
+
+def mark_process_dead(pid: int) -> None:
+    """Drop a finished worker's live gauges (call from the process manager)."""
+    if multiprocess_dir():
+        prom_multiprocess.mark_process_dead(pid)

@@ -1,0 +1,57 @@
+"""What the gateway knows about the model it serves: spec, labels, weights provenance.
+
+Read once at start-up from `<model_repository>/<model_name>/` (`spec.json`, the labels
+file, `<version>/weights.json`). The Triton backend reads the same files; its tensors are
+then checked against the spec through Triton's model metadata.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from service.gateway.settings import Settings
+from service.spec import ModelSpec, SpecError, WeightsInfo, load_labels
+
+logger = logging.getLogger("ca.gateway.model")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    spec: ModelSpec
+    labels: tuple[str, ...]
+    weights: WeightsInfo | None
+    model_dir: Path
+    version: str
+
+    @property
+    def onnx_path(self) -> Path:
+        return self.model_dir / self.version / "model.onnx"
+
+    @property
+    def random_init(self) -> bool:
+        return self.weights is not None and self.weights.random_init
+
+
+def load_model_info(settings: Settings) -> ModelInfo:
+    """Read spec, labels and weights info; raises `SpecError` naming what is missing."""
+    model_dir = settings.model_dir
+    spec = ModelSpec.load(model_dir)
+    labels = load_labels(model_dir / spec.labels_file, expected=spec.num_classes)
+    if len(set(labels)) != len(labels):
+        logger.info("%s has repeated labels; clients should key on the index", model_dir)
+    version = settings.model_version
+    try:
+        weights = WeightsInfo.load(model_dir / version)
+    except (ValueError, TypeError) as exc:
+        raise SpecError(f"{model_dir / version} has an unreadable weights.json: {exc}") from exc
+    if weights is None:
+        logger.warning("no weights.json under %s: weights source unknown", model_dir / version)
+    elif weights.random_init:
+        logger.warning(
+            "serving RANDOM-INIT weights from %s: predictions are meaningless", model_dir / version
+        )
+    return ModelInfo(
+        spec=spec, labels=tuple(labels), weights=weights, model_dir=model_dir, version=version
+    )

@@ -1,0 +1,226 @@
+"""HTTP routes. They parse, call the runtime and shape answers; errors are raised as
+`GatewayError`s and rendered by `errors.py`."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import FileResponse, JSONResponse
+
+from service.gateway.errors import BackendUnavailable, ClientClosedRequest, InvalidParameter
+from service.gateway.metrics import CONTENT_TYPE
+from service.gateway.runtime import Runtime
+from service.gateway.schemas import (
+    ClassifyResponse,
+    ErrorResponse,
+    Health,
+    ImageResult,
+    ModelDescription,
+    ModelRef,
+    Prediction,
+    Readiness,
+    WeightsSource,
+)
+from service.gateway.security import Authorized
+from service.gateway.uploads import Upload, media_type, parse_multipart, read_body, request_kind
+
+T = TypeVar("T")
+STATIC_DIR = Path(__file__).parent / "static"
+
+router = APIRouter()
+
+
+def get_runtime(request: Request) -> Runtime:
+    runtime: Runtime | None = getattr(request.app.state, "runtime", None)
+    if runtime is None:
+        raise BackendUnavailable("the gateway is starting")
+    return runtime
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {status: {"model": ErrorResponse} for status in statuses}
+
+
+_CLASSIFY_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "One image as the body, or multipart/form-data with 'file' parts.",
+        "content": {
+            "image/*": {"schema": {"type": "string", "format": "binary"}},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {"type": "array", "items": {"type": "string", "format": "binary"}}
+                    },
+                }
+            },
+        },
+    }
+}
+
+
+@router.post(
+    "/classify",
+    response_model=ClassifyResponse,
+    summary="Classify one or more images",
+    responses=_errors(400, 401, 413, 415, 422, 503, 504),
+    openapi_extra=_CLASSIFY_BODY,
+)
+async def classify(
+    request: Request,
+    _auth: Authorized,
+    runtime: RuntimeDep,
+    top_k: Annotated[
+        int | None, Query(ge=1, description="Classes per image (default: CA_DEFAULT_TOP_K)")
+    ] = None,
+) -> ClassifyResponse:
+    settings, model = runtime.settings, runtime.model
+    k = top_k if top_k is not None else min(settings.default_top_k, model.spec.num_classes)
+    if k > model.spec.num_classes:
+        raise InvalidParameter(
+            f"top_k must be between 1 and {model.spec.num_classes}, got {k}"
+        )
+    content_type = request.headers.get("content-type", "")
+    kind = request_kind(content_type)
+    body = await read_body(request, settings.max_upload_bytes)
+    if kind == "raw":
+        uploads = [Upload(body, None, media_type(content_type))]
+    else:
+        uploads = await runtime.run_cpu(
+            parse_multipart, body, content_type, max_files=settings.max_files
+        )
+    request.state.images = len(uploads)
+    rankings = await until_disconnected(request, runtime.classify(uploads, k))
+    labels = model.labels
+    return ClassifyResponse(
+        model=ModelRef(name=model.spec.name, version=runtime.backend.model_version()),
+        results=[
+            ImageResult(
+                filename=upload.filename,
+                predictions=[
+                    Prediction(label=labels[index], index=index, score=score)
+                    for index, score in ranking
+                ],
+            )
+            for upload, ranking in zip(uploads, rankings, strict=True)
+        ],
+    )
+
+
+async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Await `work`, cancelling it if the client disconnects first (its queued images
+    are then dropped before their batch runs; batch-mates are unaffected)."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        task.cancel()
+        raise
+    finally:
+        watcher.cancel()
+    if not task.done():
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        raise ClientClosedRequest("the client disconnected before the answer was ready")
+    return task.result()
+
+
+async def _disconnected(request: Request) -> None:
+    # The body has been read, so the next ASGI message can only be the disconnect; the
+    # pause guards against a server that keeps answering with empty body messages.
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+        await asyncio.sleep(0.05)
+
+
+@router.get("/healthz", response_model=Health, summary="Liveness: the process answers")
+async def healthz() -> Health:
+    return Health()
+
+
+@router.get(
+    "/readyz",
+    response_model=Readiness,
+    summary="Readiness: the backend can serve",
+    responses={503: {"model": Readiness}},
+)
+async def readyz(request: Request) -> Response:
+    runtime: Runtime | None = getattr(request.app.state, "runtime", None)
+    backend = request.app.state.settings.backend
+    if runtime is None:
+        body = Readiness(status="not_ready", backend=backend, detail="starting")
+    elif runtime.batcher.closed:
+        body = Readiness(status="not_ready", backend=backend, detail="shutting down")
+    elif not runtime.backend.ready():
+        body = Readiness(status="not_ready", backend=backend, detail=runtime.backend.status())
+    else:
+        body = Readiness(status="ready", backend=backend, detail=runtime.backend.status())
+    status = 200 if body.status == "ready" else 503
+    retry_after = str(request.app.state.settings.retry_after_s)
+    headers = {} if status == 200 else {"Retry-After": retry_after}
+    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def metrics(request: Request) -> Response:
+    return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE)
+
+
+@router.get(
+    "/v1/model",
+    response_model=ModelDescription,
+    summary="The served model",
+    responses=_errors(401, 503),
+)
+async def model_description(_auth: Authorized, runtime: RuntimeDep) -> ModelDescription:
+    model, spec = runtime.model, runtime.model.spec
+    weights = model.weights
+    if weights is None:
+        source = WeightsSource(
+            source="unknown", random_init=False, warning="no weights.json next to the model"
+        )
+    else:
+        source = WeightsSource(
+            source=weights.source,
+            random_init=weights.random_init,
+            sha256=weights.sha256,
+            warning=(
+                "RANDOM-INIT WEIGHTS: this model was not trained; its predictions are noise"
+                if weights.random_init
+                else None
+            ),
+        )
+    return ModelDescription(
+        name=spec.name,
+        version=runtime.backend.model_version(),
+        backend=runtime.settings.backend,
+        architecture=spec.architecture,
+        num_classes=spec.num_classes,
+        input_size=spec.input_size,
+        resize_shorter=spec.resize_shorter,
+        layout=spec.layout,
+        dtype=spec.dtype,
+        color=spec.color,
+        weights=source,
+        labels=list(model.labels),
+    )
+
+
+@router.get("/", include_in_schema=False, response_model=None)
+async def index() -> Response:
+    page = STATIC_DIR / "index.html"
+    if not page.is_file():
+        return JSONResponse({"service": "ca-serve", "docs": "/docs", "classify": "/classify"})
+    return FileResponse(page, media_type="text/html")

@@ -1,0 +1,219 @@
+"""What the app holds while it runs: model info, backend, batcher, thread pool, metrics;
+and the classification pipeline that ties them together.
+
+Preprocessing runs in the thread pool (bad images fail their own request before they
+reach the queue); each image then goes through the micro-batcher as
+`(image, top_k, enqueued_at)`, and each batch asks the backend for the largest `k` in it,
+every caller keeping its own first `k`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import NamedTuple, ParamSpec, TypeVar
+
+import numpy as np
+from numpy.typing import NDArray
+
+from service.gateway.backends import Backend, build_backend
+from service.gateway.batching import BatcherClosedError, MicroBatcher, QueueFullError
+from service.gateway.errors import (
+    BackendUnavailable,
+    GatewayError,
+    Overloaded,
+    RequestTimeout,
+    ShuttingDown,
+)
+from service.gateway.metrics import GatewayMetrics, multiprocess_dir
+from service.gateway.modelinfo import ModelInfo, load_model_info
+from service.gateway.preprocess import Preprocessor
+from service.gateway.settings import Settings
+from service.gateway.uploads import Upload
+
+logger = logging.getLogger("ca.gateway.runtime")
+
+P = ParamSpec("P")
+T = TypeVar("T")
+Ranking = list[tuple[int, float]]  # (class index, score), best first
+
+
+class _Item(NamedTuple):
+    image: NDArray[np.uint8]
+    k: int
+    enqueued_at: float
+
+
+_ERROR_REASONS: dict[type[GatewayError], str] = {
+    RequestTimeout: "timeout",
+    BackendUnavailable: "unavailable",
+}
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    model: ModelInfo
+    backend: Backend
+    metrics: GatewayMetrics
+    pool: ThreadPoolExecutor
+    batcher: MicroBatcher[_Item, Ranking]
+    preprocessor: Preprocessor
+
+    @classmethod
+    async def start(
+        cls, settings: Settings, metrics: GatewayMetrics, backend: Backend | None = None
+    ) -> Runtime:
+        """Load the model info, start the backend (raises `ContractError`/`SpecError` on a
+        model the gateway cannot serve) and the batcher."""
+        model = load_model_info(settings)
+        backend = backend if backend is not None else build_backend(settings, model)
+        await backend.start()
+        batcher: MicroBatcher[_Item, Ranking] = MicroBatcher(
+            batch_function(backend, metrics),
+            max_batch_size=min(settings.max_batch_size, model.spec.max_batch_size),
+            max_batch_delay_s=settings.max_batch_delay_ms / 1000.0,
+            max_queue=settings.max_queue,
+            max_concurrent_batches=(
+                settings.max_concurrent_batches or backend.default_concurrent_batches
+            ),
+        )
+        runtime = cls(
+            settings=settings,
+            model=model,
+            backend=backend,
+            metrics=metrics,
+            pool=ThreadPoolExecutor(settings.preprocess_workers, thread_name_prefix="ca-cpu"),
+            batcher=batcher,
+            preprocessor=Preprocessor(model.spec, settings.max_image_pixels),
+        )
+        if not multiprocess_dir():
+            metrics.queue_depth.set_function(lambda: runtime.batcher.depth)
+        runtime.batcher.start()
+        return runtime
+
+    async def close(self) -> None:
+        """Finish every queued image, then release the backend and threads."""
+        await self.batcher.close()
+        await self.backend.close()
+        self.pool.shutdown(wait=True)
+
+    async def run_cpu(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run CPU-bound `fn` in the preprocessing pool, off the event loop."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.pool, lambda: fn(*args, **kwargs))
+
+    async def classify(self, uploads: Sequence[Upload], k: int) -> list[Ranking]:
+        """Top-`k` rankings, one per upload in order, within `request_timeout_s`.
+
+        Raises the upload's own `GatewayError` for a bad image, `BackendUnavailable` or
+        `ShuttingDown` (fast, before any work), `Overloaded`, `RequestTimeout`.
+        """
+        if self.batcher.closed:
+            raise ShuttingDown("the gateway is shutting down", retry_after_s=self._retry_after)
+        if not self.backend.ready():
+            raise BackendUnavailable(
+                f"backend not ready: {self.backend.status()}", retry_after_s=self._retry_after
+            )
+        timeout = self.settings.request_timeout_s
+        try:
+            async with asyncio.timeout(timeout):
+                images = await self._preprocess_all(uploads)
+                return await self._infer_all(images, k)
+        except TimeoutError:
+            raise RequestTimeout(f"no answer within {timeout} s") from None
+
+    @property
+    def _retry_after(self) -> int:
+        return self.settings.retry_after_s
+
+    def _preprocess_timed(self, data: bytes) -> NDArray[np.uint8]:
+        start = time.perf_counter()
+        try:
+            return self.preprocessor(data)
+        finally:
+            self.metrics.preprocess_duration.observe(time.perf_counter() - start)
+
+    async def _preprocess_all(self, uploads: Sequence[Upload]) -> list[NDArray[np.uint8]]:
+        results = await asyncio.gather(
+            *(self.run_cpu(self._preprocess_timed, upload.data) for upload in uploads),
+            return_exceptions=True,
+        )
+        images: list[NDArray[np.uint8]] = []
+        for number, (upload, result) in enumerate(zip(uploads, results, strict=True), 1):
+            if isinstance(result, GatewayError):
+                if len(uploads) > 1:
+                    name = f" ({upload.filename})" if upload.filename else ""
+                    result.message = f"file {number}{name}: {result.message}"
+                raise result
+            if isinstance(result, BaseException):
+                raise result
+            images.append(result)
+        return images
+
+    async def _infer_all(self, images: list[NDArray[np.uint8]], k: int) -> list[Ranking]:
+        enqueued_at = time.perf_counter()
+        tasks = [
+            asyncio.ensure_future(self._submit(_Item(image, k, enqueued_at))) for image in images
+        ]
+        try:
+            return list(await asyncio.gather(*tasks))
+        except BaseException:
+            for task in tasks:  # a failed sibling must not leave the others queued
+                task.cancel()
+            raise
+
+    async def _submit(self, item: _Item) -> Ranking:
+        try:
+            return await self.batcher.submit(item)
+        except QueueFullError:
+            raise Overloaded(
+                f"too many images queued ({self.settings.max_queue}); retry shortly",
+                retry_after_s=self._retry_after,
+            ) from None
+        except BatcherClosedError:
+            raise ShuttingDown(
+                "the gateway is shutting down", retry_after_s=self._retry_after
+            ) from None
+        finally:
+            if multiprocess_dir():
+                self.metrics.queue_depth.set(self.batcher.depth)
+
+def batch_function(
+    backend: Backend, metrics: GatewayMetrics
+) -> Callable[[Sequence[_Item]], Awaitable[list[Ranking]]]:
+    """The batcher's function: one backend call for a batch, a ranking per item."""
+
+    async def run_batch(items: Sequence[_Item]) -> list[Ranking]:
+        start = time.perf_counter()
+        for item in items:
+            metrics.queue_wait.observe(start - item.enqueued_at)
+        batch = np.stack([item.image for item in items])
+        k = max(item.k for item in items)
+        try:
+            top = await backend.top_k(batch, k)
+        except GatewayError as exc:
+            metrics.backend_error(_reason(exc))
+            raise
+        except Exception as exc:
+            metrics.backend_error("error")
+            logger.exception("backend %s failed a batch of %d", backend.name, len(items))
+            raise BackendUnavailable(f"inference failed: {type(exc).__name__}") from exc
+        if len(top) != len(items):
+            metrics.backend_error("bad_response")
+            raise BackendUnavailable(f"backend returned {len(top)} rows for {len(items)} images")
+        metrics.observe_batch(len(items), time.perf_counter() - start)
+        return [top.row(i, item.k) for i, item in enumerate(items)]
+
+    return run_batch
+
+
+def _reason(error: GatewayError) -> str:
+    for cls, reason in _ERROR_REASONS.items():
+        if isinstance(error, cls):
+            return reason
+    return "error"

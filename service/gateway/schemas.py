@@ -1,0 +1,69 @@
+"""Response bodies, as pydantic models so `/docs` documents them."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+
+class Prediction(BaseModel):
+    label: str = Field(description="Class name")
+    index: int = Field(description="Class index in the model's output")
+    score: float = Field(description="Probability (softmax output), 0..1")
+
+
+class ImageResult(BaseModel):
+    filename: str | None = Field(None, description="The multipart part's filename, if any")
+    predictions: list[Prediction] = Field(description="Best first, `top_k` entries")
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: str
+
+
+class ClassifyResponse(BaseModel):
+    model: ModelRef
+    results: list[ImageResult] = Field(description="One per image, in the order sent")
+
+
+class WeightsSource(BaseModel):
+    source: str = Field(description="Where the weights came from (file, URL or 'random')")
+    random_init: bool = Field(description="True when the weights are random: answers are noise")
+    sha256: str | None = None
+    warning: str | None = None
+
+
+class ModelDescription(BaseModel):
+    name: str
+    version: str
+    backend: Literal["embedded", "triton"]
+    architecture: str
+    num_classes: int
+    input_size: int = Field(description="Side of the square crop the model sees, pixels")
+    resize_shorter: int = Field(description="Shorter side after resize, before the crop")
+    layout: str
+    dtype: str
+    color: str
+    weights: WeightsSource
+    labels: list[str] = Field(description="Class names by index")
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "not_ready"]
+    backend: str
+    detail: str
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Stable machine-readable code, e.g. 'image_too_large'")
+    message: str = Field(description="What went wrong, for humans")
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail

@@ -1,0 +1,59 @@
+"""Optional API keys: `Authorization: Bearer <key>` against `CA_API_KEYS`.
+
+With no keys configured every route is open. With keys, `/classify` and `/v1/model`
+need one; `/healthz`, `/readyz`, `/metrics` (probes and Prometheus) and the docs stay open.
+Keys are compared as SHA-256 digests with `hmac.compare_digest`, against every key
+without stopping early, so timing reveals neither a key's length nor which one matched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from service.gateway.errors import Unauthorized
+
+_bearer = HTTPBearer(auto_error=False, description="One of the keys in CA_API_KEYS")
+
+
+def _digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode("utf-8")).digest()
+
+
+class ApiKeys:
+    """The configured keys, kept as digests."""
+
+    def __init__(self, keys: tuple[str, ...]) -> None:
+        self._digests = tuple(_digest(key) for key in keys if key)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._digests)
+
+    def accepts(self, token: str) -> bool:
+        candidate = _digest(token)
+        matched = False
+        for digest in self._digests:
+            matched |= hmac.compare_digest(candidate, digest)
+        return matched
+
+
+async def require_api_key(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    """FastAPI dependency: raise `Unauthorized` (401) unless a configured key is presented."""
+    keys: ApiKeys = request.app.state.api_keys
+    if not keys.enabled:
+        return
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
+    if not keys.accepts(credentials.credentials):
+        raise Unauthorized("invalid API key")
+
+
+Authorized = Annotated[None, Depends(require_api_key)]

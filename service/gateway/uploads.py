@@ -1,0 +1,174 @@
+"""From an HTTP request to a list of encoded images, within the upload limits.
+
+Two request shapes are accepted: one image as the raw body (`Content-Type: image/...`),
+or `multipart/form-data` with one or more parts named `file`. The body is read with a
+byte limit (checked against `Content-Length` first, then while streaming, so chunked
+uploads cannot get around it); multipart bodies are parsed with python-multipart's
+streaming parser so binary parts are never decoded as text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import (
+    MultipartParser,
+    MultipartState,
+    parse_options_header,
+)
+from starlette.requests import Request
+
+from service.gateway.errors import (
+    BadRequest,
+    InvalidParameter,
+    PayloadTooLarge,
+    TooManyFiles,
+    UnsupportedMediaType,
+)
+
+RAW_IMAGE_TYPES = frozenset({
+    "image/jpeg", "image/jpg", "image/pjpeg", "image/png", "image/webp", "image/gif",
+    "image/bmp", "image/x-ms-bmp", "image/tiff",
+})
+# Multipart parts often carry no type or a generic one (curl -F with an odd extension).
+PART_TYPES = RAW_IMAGE_TYPES | {"application/octet-stream", ""}
+FILE_FIELD = "file"
+_MAX_OTHER_PARTS = 16
+
+
+@dataclass(frozen=True)
+class Upload:
+    data: bytes
+    filename: str | None = None
+    content_type: str = ""
+
+
+def media_type(header: str | None) -> str:
+    return (header or "").split(";", 1)[0].strip().lower()
+
+
+def request_kind(content_type: str | None) -> Literal["raw", "multipart"]:
+    """Which shape the body has; raises `UnsupportedMediaType` (415) for anything else."""
+    mime = media_type(content_type)
+    if mime == "multipart/form-data":
+        return "multipart"
+    if mime in RAW_IMAGE_TYPES:
+        return "raw"
+    shown = mime[:80] or "none"
+    raise UnsupportedMediaType(
+        f"Content-Type {shown!r} is not supported: send image/jpeg, png, webp, gif, bmp or "
+        "tiff as the body, or multipart/form-data with 'file' parts"
+    )
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, or `PayloadTooLarge` (413) as soon as it exceeds `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            size = int(declared)
+        except ValueError:
+            raise BadRequest("Content-Length is not a number") from None
+        if size > limit:
+            raise PayloadTooLarge(f"body is {size} bytes; the limit is {limit}")
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > limit:
+            raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@dataclass
+class _Part:
+    headers: dict[str, str] = field(default_factory=dict)
+    data: list[bytes] = field(default_factory=list)
+
+    def disposition(self) -> tuple[str | None, str | None]:
+        _, params = parse_options_header(self.headers.get("content-disposition", ""))
+        name = params.get(b"name")
+        filename = params.get(b"filename")
+        return (
+            name.decode("utf-8", "replace") if name is not None else None,
+            filename.decode("utf-8", "replace") if filename is not None else None,
+        )
+
+
+class _Collector:
+    """python-multipart callbacks that keep the `file` parts, bounded in number."""
+
+    def __init__(self, max_files: int) -> None:
+        self.max_files = max_files
+        self.files: list[Upload] = []
+        self.others = 0
+        self._part = _Part()
+        self._field = b""
+        self._value = b""
+
+    def on_part_begin(self) -> None:
+        self._part = _Part()
+
+    def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._field += data[start:end]
+
+    def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._value += data[start:end]
+
+    def on_header_end(self) -> None:
+        name = self._field.decode("latin-1").strip().lower()
+        self._part.headers[name] = self._value.decode("latin-1").strip()
+        self._field, self._value = b"", b""
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        self._part.data.append(data[start:end])
+
+    def on_part_end(self) -> None:
+        name, filename = self._part.disposition()
+        if name != FILE_FIELD:
+            self.others += 1
+            if self.others > _MAX_OTHER_PARTS:
+                raise BadRequest(f"more than {_MAX_OTHER_PARTS} parts not named 'file'")
+            return
+        if len(self.files) >= self.max_files:
+            raise TooManyFiles(f"at most {self.max_files} files per request")
+        ctype = media_type(self._part.headers.get("content-type"))
+        if ctype not in PART_TYPES:
+            shown = filename or f"#{len(self.files) + 1}"
+            raise UnsupportedMediaType(
+                f"part {shown!r} has Content-Type {ctype[:80]!r}; send images"
+            )
+        self.files.append(Upload(b"".join(self._part.data), filename, ctype))
+
+
+def parse_multipart(body: bytes, content_type: str, *, max_files: int) -> list[Upload]:
+    """The `file` parts of a multipart body, in order (CPU work: call it off the loop).
+
+    Raises `BadRequest` for a malformed body, `TooManyFiles` (413) past `max_files`,
+    `UnsupportedMediaType` for a part that is declared as something other than an image,
+    and `InvalidParameter` (422) when no part is named `file`.
+    """
+    _, params = parse_options_header(content_type)
+    boundary = params.get(b"boundary")
+    if not boundary:
+        raise BadRequest("multipart/form-data without a boundary")
+    collector = _Collector(max_files)
+    callbacks = {
+        name: getattr(collector, name)
+        for name in ("on_part_begin", "on_header_field", "on_header_value", "on_header_end",
+                     "on_part_data", "on_part_end")
+    }
+    parser = MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
+    try:
+        parser.write(body)
+        parser.finalize()
+    except MultipartParseError as exc:
+        raise BadRequest(f"malformed multipart body: {exc}") from exc
+    if parser.state != MultipartState.END:  # finalize() does not check this itself
+        raise BadRequest("truncated multipart body: no closing boundary")
+    if not collector.files:
+        raise InvalidParameter(f"no part named '{FILE_FIELD}': send each image as a 'file' part")
+    return collector.files
