@@ -1,0 +1,431 @@
+"""The rendered manifests agree with the code and with each other.
+
+Probe paths exist in the gateway app and Triton, every CA_* variable is a real setting,
+the ingress lets through what the gateway accepts, GPUs go only to Triton, every
+container is locked down, autoscalers point at real things, shutdown fits the grace period.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from service.gateway.settings import Settings
+from service.spec import ONNX_MODEL, TENSORRT_MODEL, TORCHSCRIPT_MODEL
+from tests.k8s import dockerfiles
+from tests.k8s.manifests import (
+    DOCKER,
+    Manifest,
+    PodTemplate,
+    container,
+    container_port,
+    containers,
+    flag_value,
+    name_of,
+    nginx_size_bytes,
+    of_kind,
+    one,
+    pod_templates,
+    prestop_sleep_seconds,
+    selects,
+    workload_by_label,
+)
+
+GATEWAY = "ca-serve-gateway"
+TRITON = "triton"
+# KServe v2 health endpoints Triton serves on its HTTP port.
+TRITON_HEALTH_PATHS = {"/v2/health/live", "/v2/health/ready"}
+
+
+@pytest.fixture(scope="module")
+def gateway_get() -> Callable[[str], int]:
+    """GET a path on the real gateway app, lifespan not started (no model, backend not
+    ready), and return the status: what a probe sees on a pod that is still starting."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from fastapi.testclient import TestClient
+
+        from service.gateway.app import create_app
+
+    client = TestClient(create_app(Settings()))
+    return lambda path: client.get(path).status_code
+
+
+def gateway_config(objects: list[Manifest]) -> dict[str, str]:
+    data: dict[str, str] = one(objects, "ConfigMap", "ca-serve-gateway-config")["data"]
+    return data
+
+
+def settings_from(config: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
+    for key in [k for k in os.environ if k.startswith("CA_")]:
+        monkeypatch.delenv(key)
+    for key, value in config.items():
+        monkeypatch.setenv(key, value)
+    return Settings()
+
+
+# --- probes ----------------------------------------------------------------------------
+
+
+def test_gateway_probes_hit_real_routes_on_the_served_port(
+    objects: list[Manifest], gateway_get: Callable[[str], int]
+) -> None:
+    template = workload_by_label(objects, GATEWAY)
+    gateway = container(template, "gateway")
+    probes = {kind: gateway[kind] for kind in ("startupProbe", "readinessProbe", "livenessProbe")}
+    assert probes["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert probes["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    config = gateway_config(objects)
+    served_port = int(flag_value(gateway["args"], "--port"))
+    assert served_port == int(config["CA_PORT"])
+    for kind, probe in probes.items():
+        assert container_port(gateway, probe["httpGet"]["port"]) == served_port, kind
+    # Alive as soon as the process answers; ready only once the backend is.
+    assert gateway_get(probes["startupProbe"]["httpGet"]["path"]) == 200
+    assert gateway_get(probes["livenessProbe"]["httpGet"]["path"]) == 200
+    assert gateway_get(probes["readinessProbe"]["httpGet"]["path"]) == 503
+
+
+def test_triton_probes_hit_its_health_endpoints_on_its_http_port(gpu: list[Manifest]) -> None:
+    triton = container(workload_by_label(gpu, TRITON), "triton")
+    http_port = int(flag_value(triton["args"], "--http-port"))
+    assert triton["startupProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert triton["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert triton["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+        probe = triton[kind]["httpGet"]
+        assert probe["path"] in TRITON_HEALTH_PATHS
+        assert container_port(triton, probe["port"]) == http_port
+
+
+def test_triton_serves_on_the_ports_it_declares(gpu: list[Manifest]) -> None:
+    triton = container(workload_by_label(gpu, TRITON), "triton")
+    declared = {p["name"]: p["containerPort"] for p in triton["ports"]}
+    assert declared == {"http": 8000, "grpc": 8001, "metrics": 8002}
+    for name, flag in (
+        ("http", "--http-port"),
+        ("grpc", "--grpc-port"),
+        ("metrics", "--metrics-port"),
+    ):
+        assert int(flag_value(triton["args"], flag)) == declared[name]
+
+
+# --- settings ----------------------------------------------------------------------------
+
+
+def test_every_ca_variable_is_a_real_setting(objects: list[Manifest]) -> None:
+    fields = {f"CA_{name.upper()}" for name in Settings.model_fields}
+    seen = set(gateway_config(objects))
+    for template in pod_templates(objects):
+        for item in containers(template.spec):
+            seen |= {env["name"] for env in item.get("env", []) if env["name"].startswith("CA_")}
+    seen |= {k for k in one(objects, "Secret", "ca-serve-api-keys").get("data", {})}
+    unknown = {name for name in seen if name.startswith("CA_")} - fields
+    assert not unknown, f"not fields of service.gateway.settings.Settings: {sorted(unknown)}"
+
+
+def test_the_configmap_parses_as_settings(
+    overlay: str, objects: list[Manifest], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = settings_from(gateway_config(objects), monkeypatch)
+    assert settings.backend == {"gpu": "triton", "cpu": "embedded"}[overlay]
+    assert settings.host == "0.0.0.0"
+    assert settings.model_name in {ONNX_MODEL, TORCHSCRIPT_MODEL, TENSORRT_MODEL}
+    if settings.backend == "triton":
+        assert settings.triton_model in {ONNX_MODEL, TORCHSCRIPT_MODEL, TENSORRT_MODEL}
+
+
+def test_thread_pools_fit_the_gateway_cpu(objects: list[Manifest]) -> None:
+    config = gateway_config(objects)
+    gateway = container(workload_by_label(objects, GATEWAY), "gateway")
+    cpus = int(gateway["resources"]["requests"]["cpu"])
+    assert 1 <= int(config["CA_PREPROCESS_THREADS"]) <= cpus
+    assert 1 <= int(config["CA_INFERENCE_THREADS"]) <= cpus
+
+
+def test_api_keys_come_from_the_secret(objects: list[Manifest]) -> None:
+    gateway = container(workload_by_label(objects, GATEWAY), "gateway")
+    secret = one(objects, "Secret", "ca-serve-api-keys")
+    env = {e["name"]: e for e in gateway["env"]}
+    ref = env["CA_API_KEYS"]["valueFrom"]["secretKeyRef"]
+    assert ref["name"] == secret["metadata"]["name"]
+    assert ref["key"] in secret["data"]
+    assert "CA_API_KEYS" not in gateway_config(objects)
+
+
+def test_gpu_gateway_dials_the_triton_grpc_port(gpu: list[Manifest]) -> None:
+    config = gateway_config(gpu)
+    host, _, port = config["CA_TRITON_URL"].partition(":")
+    service = one(gpu, "Service", host)
+    by_port = {p["port"]: p["name"] for p in service["spec"]["ports"]}
+    assert by_port[int(port)] == config["CA_TRITON_PROTOCOL"] == "grpc"
+    assert config["CA_TRITON_MODEL"] == TENSORRT_MODEL
+
+
+def test_the_model_repository_is_where_the_gateway_looks(objects: list[Manifest]) -> None:
+    template = workload_by_label(objects, GATEWAY)
+    gateway = container(template, "gateway")
+    mounts = {m["name"]: m["mountPath"] for m in gateway["volumeMounts"]}
+    assert gateway_config(objects)["CA_MODEL_REPOSITORY"] == mounts["models"]
+
+
+# --- ingress ----------------------------------------------------------------------------
+
+
+def test_ingress_body_limit_covers_the_gateway_upload_limit(
+    objects: list[Manifest], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ingress = one(objects, "Ingress", GATEWAY)
+    annotations = ingress["metadata"]["annotations"]
+    body_limit = nginx_size_bytes(annotations["nginx.ingress.kubernetes.io/proxy-body-size"])
+    config = gateway_config(objects)
+    monkeypatch.delenv("CA_MAX_UPLOAD_BYTES", raising=False)
+    assert body_limit >= Settings().max_upload_bytes
+    assert body_limit >= int(config["CA_MAX_UPLOAD_BYTES"])
+    timeout = float(config["CA_REQUEST_TIMEOUT_S"])
+    assert int(annotations["nginx.ingress.kubernetes.io/proxy-read-timeout"]) > timeout
+    assert int(annotations["nginx.ingress.kubernetes.io/proxy-send-timeout"]) > timeout
+
+
+def test_ingress_routes_to_the_gateway_service_port(objects: list[Manifest]) -> None:
+    ingress = one(objects, "Ingress", GATEWAY)
+    service = one(objects, "Service", GATEWAY)
+    names = {p["name"] for p in service["spec"]["ports"]}
+    for rule in ingress["spec"]["rules"]:
+        for path in rule["http"]["paths"]:
+            backend = path["backend"]["service"]
+            assert backend["name"] == GATEWAY
+            assert backend["port"]["name"] in names
+
+
+# --- GPUs, resources ------------------------------------------------------------------------
+
+
+def gpu_count(item: Manifest) -> int:
+    resources = item.get("resources", {})
+    values = [resources.get(part, {}).get("nvidia.com/gpu", 0) for part in ("requests", "limits")]
+    return max(int(v) for v in values)
+
+
+def test_gpus_only_on_triton(objects: list[Manifest], overlay: str) -> None:
+    for template in pod_templates(objects):
+        for item in containers(template.spec):
+            if gpu_count(item):
+                assert template.labels["app.kubernetes.io/name"] == TRITON, template.owner
+    if overlay == "gpu":
+        triton = workload_by_label(objects, TRITON)
+        assert gpu_count(container(triton, "triton")) == 1
+        assert container(triton, "triton")["resources"]["limits"]["nvidia.com/gpu"] == "1"
+        # The TensorRT plan is built on the GPU the server will run on.
+        assert gpu_count(container(triton, "tensorrt-plan")) == 1
+        assert triton.spec["nodeSelector"]
+        assert any(t["key"] == "nvidia.com/gpu" for t in triton.spec["tolerations"])
+    else:
+        assert not any(
+            gpu_count(item) for t in pod_templates(objects) for item in containers(t.spec)
+        )
+
+
+def test_every_container_declares_resources(objects: list[Manifest]) -> None:
+    for template in pod_templates(objects):
+        for item in containers(template.spec):
+            resources = item["resources"]
+            assert {"cpu", "memory"} <= set(resources["requests"]), item["name"]
+            assert "memory" in resources["limits"], item["name"]
+
+
+# --- security ----------------------------------------------------------------------------
+
+
+def test_every_container_is_restricted(objects: list[Manifest]) -> None:
+    for template in pod_templates(objects):
+        pod = template.spec.get("securityContext", {})
+        assert pod.get("runAsNonRoot") is True, template.owner
+        assert pod.get("runAsUser", 0) != 0, template.owner
+        assert pod.get("seccompProfile", {}).get("type") == "RuntimeDefault", template.owner
+        for key in ("hostNetwork", "hostPID", "hostIPC"):
+            assert not template.spec.get(key), template.owner
+        assert not any("hostPath" in v for v in template.spec.get("volumes", [])), template.owner
+        assert template.spec.get("automountServiceAccountToken") is False, template.owner
+        for item in containers(template.spec):
+            where = f"{template.owner} container {item['name']}"
+            context = item.get("securityContext", {})
+            assert context.get("runAsNonRoot") is True, where
+            assert context.get("allowPrivilegeEscalation") is False, where
+            assert context.get("readOnlyRootFilesystem") is True, where
+            assert context.get("privileged", False) is False, where
+            assert context.get("capabilities", {}).get("drop") == ["ALL"], where
+            assert not context.get("capabilities", {}).get("add"), where
+            assert context.get("seccompProfile", {}).get("type") == "RuntimeDefault", where
+            assert context.get("runAsUser", 1) != 0, where
+
+
+def test_namespace_enforces_pod_security_restricted(objects: list[Manifest]) -> None:
+    labels = one(objects, "Namespace", "ca-serve")["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+def test_network_policies_fence_triton_and_metrics(objects: list[Manifest], overlay: str) -> None:
+    policies = {p["metadata"]["name"]: p["spec"] for p in of_kind(objects, "NetworkPolicy")}
+    deny = policies["default-deny-ingress"]
+    assert deny["podSelector"] == {} and deny["policyTypes"] == ["Ingress"]
+    assert "ingress" not in deny
+    gateway = policies[GATEWAY]
+    assert [p["port"] for rule in gateway["ingress"] for p in rule["ports"]] == [8000]
+    if overlay != "gpu":
+        assert TRITON not in policies
+        return
+    triton = policies[TRITON]
+    assert triton["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": TRITON}
+    for rule in triton["ingress"]:
+        ports = {p["port"] for p in rule["ports"]}
+        sources = rule["from"]
+        if ports & {8000, 8001}:
+            assert ports == {8000, 8001}
+            assert sources == [
+                {"podSelector": {"matchLabels": {"app.kubernetes.io/name": GATEWAY}}}
+            ]
+        else:
+            assert ports == {8002}
+            assert len(sources) == 1
+            assert sources[0]["podSelector"]["matchLabels"] == {
+                "app.kubernetes.io/name": "prometheus"
+            }
+            assert "namespaceSelector" in sources[0]
+
+
+# --- scaling, disruption, shutdown -----------------------------------------------------------
+
+
+def test_hpas_target_real_deployments_with_cpu_and_custom_metrics(objects: list[Manifest]) -> None:
+    hpas = of_kind(objects, "HorizontalPodAutoscaler")
+    assert hpas
+    for hpa in hpas:
+        assert hpa["apiVersion"] == "autoscaling/v2"
+        ref = hpa["spec"]["scaleTargetRef"]
+        target = one(objects, ref["kind"], ref["name"])
+        assert target["apiVersion"] == ref["apiVersion"]
+        assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
+        types = {m["type"] for m in hpa["spec"]["metrics"]}
+        assert "Pods" in types, name_of(hpa)
+        if any(m["type"] == "Resource" for m in hpa["spec"]["metrics"]):
+            # Utilisation is relative to requests: every container must request CPU.
+            for item in target["spec"]["template"]["spec"]["containers"]:
+                assert "cpu" in item["resources"]["requests"]
+    gateway = one(objects, "HorizontalPodAutoscaler", GATEWAY)["spec"]["metrics"]
+    assert {m["type"] for m in gateway} == {"Resource", "Pods"}
+    assert [m["pods"]["metric"]["name"] for m in gateway if m["type"] == "Pods"] == [
+        "ca_gateway_queue_wait_seconds"
+    ]
+
+
+def test_triton_hpa_scales_on_its_queue(gpu: list[Manifest]) -> None:
+    metrics = one(gpu, "HorizontalPodAutoscaler", TRITON)["spec"]["metrics"]
+    assert [m["pods"]["metric"]["name"] for m in metrics] == ["nv_inference_pending_request_count"]
+
+
+def test_pdbs_select_their_workloads(objects: list[Manifest]) -> None:
+    pdbs = of_kind(objects, "PodDisruptionBudget")
+    templates = list(pod_templates(objects))
+    for pdb in pdbs:
+        selector = pdb["spec"]["selector"]["matchLabels"]
+        matched = [t for t in templates if selects(selector, t.labels)]
+        assert len(matched) == 1, name_of(pdb)
+    assert {p["metadata"]["name"] for p in pdbs} >= {GATEWAY}
+
+
+def test_services_select_pods_and_target_named_ports(objects: list[Manifest]) -> None:
+    templates = list(pod_templates(objects))
+    for service in of_kind(objects, "Service"):
+        matched = [t for t in templates if selects(service["spec"]["selector"], t.labels)]
+        assert len(matched) == 1, name_of(service)
+        app = matched[0].spec["containers"]
+        for port in service["spec"]["ports"]:
+            assert any(container_port(c, port["targetPort"]) for c in app), (
+                f"{name_of(service)} port {port['name']}"
+            )
+
+
+def test_monitoring_labels_and_port_names(objects: list[Manifest], overlay: str) -> None:
+    gateway = one(objects, "Service", GATEWAY)
+    assert gateway["metadata"]["labels"]["app.kubernetes.io/name"] == GATEWAY
+    assert "http" in {p["name"] for p in gateway["spec"]["ports"]}
+    if overlay == "gpu":
+        triton = workload_by_label(objects, TRITON)
+        assert "metrics" in {p["name"] for p in container(triton, "triton")["ports"]}
+        service = one(objects, "Service", TRITON)
+        assert "metrics" in {p["name"] for p in service["spec"]["ports"]}
+
+
+def grace_check(template: PodTemplate, item: Manifest, drain_s: float) -> None:
+    grace = int(template.spec["terminationGracePeriodSeconds"])
+    sleep = prestop_sleep_seconds(item)
+    assert sleep >= 1, "the endpoint needs a moment to leave the load balancers"
+    assert sleep + drain_s < grace, f"{template.owner}: {sleep} + {drain_s} >= {grace}"
+
+
+def test_gateway_shutdown_fits_the_grace_period(objects: list[Manifest]) -> None:
+    template = workload_by_label(objects, GATEWAY)
+    timeout = float(gateway_config(objects)["CA_REQUEST_TIMEOUT_S"])
+    grace_check(template, container(template, "gateway"), timeout)
+
+
+def test_triton_shutdown_fits_the_grace_period(gpu: list[Manifest]) -> None:
+    template = workload_by_label(gpu, TRITON)
+    triton = container(template, "triton")
+    grace_check(template, triton, float(flag_value(triton["args"], "--exit-timeout-secs")))
+
+
+def test_topology_spread(objects: list[Manifest]) -> None:
+    for template in pod_templates(objects):
+        keys = {c["topologyKey"] for c in template.spec["topologySpreadConstraints"]}
+        assert "kubernetes.io/hostname" in keys, template.owner
+        for constraint in template.spec["topologySpreadConstraints"]:
+            assert selects(constraint["labelSelector"]["matchLabels"], template.labels)
+
+
+# --- images and the model repository ---------------------------------------------------------
+
+
+def test_triton_runs_the_pinned_ngc_image_the_trt_step_was_built_from(gpu: list[Manifest]) -> None:
+    template = workload_by_label(gpu, TRITON)
+    image = container(template, "triton")["image"]
+    dockerfile = dockerfiles.parse(DOCKER / "triton.Dockerfile")
+    assert image == dockerfile.expand(dockerfile.stages[0].base)
+    repository, _, tag = image.rpartition(":")
+    assert repository == "nvcr.io/nvidia/tritonserver"
+    assert tag and tag != "latest" and tag[:2].isdigit()
+    step = container(template, "tensorrt-plan")
+    assert step["command"] == ["python3", "-m", "service.model.tensorrt", "--repository", "/models"]
+    assert step["command"] == dockerfiles.exec_form(dockerfile.final.last("CMD"))
+    assert flag_value(container(template, "triton")["args"], "--model-repository") == "/models"
+
+
+def test_no_image_floats(objects: list[Manifest]) -> None:
+    for template in pod_templates(objects):
+        for item in containers(template.spec):
+            image = item["image"]
+            assert ":" in image.rsplit("/", 1)[-1], f"{image} has no tag"
+            assert not image.endswith(":latest"), image
+
+
+def test_init_containers_copy_the_repository_the_model_image_carries(
+    objects: list[Manifest],
+) -> None:
+    dockerfile = dockerfiles.parse(DOCKER / "builder.Dockerfile")
+    model = dockerfile.stage("model")
+    default_cmd = dockerfiles.exec_form(model.last("CMD"))
+    for template in pod_templates(objects):
+        for item in template.spec.get("initContainers", []):
+            if item["name"] != "model-repository":
+                continue
+            assert item["image"].split(":")[0] == "ca-serve-model"
+            assert item["command"] == default_cmd
+            source = Path(item["command"][2])
+            assert any(str(source.parent) in copy for copy in model.all("COPY"))
+            mounts = {m["mountPath"] for m in item["volumeMounts"]}
+            assert item["command"][3].rstrip("/") in mounts

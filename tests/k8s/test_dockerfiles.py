@@ -1,0 +1,180 @@
+"""The images' Dockerfiles and the compose stack, checked without a Docker engine.
+
+What can run here does: the gateway image's command is run with `--help` from this
+checkout's environment, where `pip install .` put the same console script.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from service.gateway.settings import Settings
+from tests.k8s import dockerfiles
+from tests.k8s.manifests import DOCKER, ROOT, Manifest, container, workload_by_label
+
+DOCKERFILES = ("gateway", "builder", "triton")
+COMPOSE = ROOT / "deploy" / "docker-compose.yml"
+
+
+def parsed(name: str) -> dockerfiles.Dockerfile:
+    return dockerfiles.parse(DOCKER / f"{name}.Dockerfile")
+
+
+def pip_installs(stage: dockerfiles.Stage) -> list[str]:
+    """Every `pip install ...` command in a stage's RUN lines."""
+    commands = []
+    for run in stage.all("RUN"):
+        for part in re.split(r"&&|;", run):
+            if re.search(r"\bpip3? install\b|-m pip install\b", part):
+                commands.append(part.strip())
+    return commands
+
+
+@pytest.mark.parametrize("name", DOCKERFILES)
+def test_final_stage_runs_as_a_numeric_non_root_user(name: str) -> None:
+    user = parsed(name).final.last("USER")
+    assert user is not None, f"{name}.Dockerfile ends as root"
+    uid = user.split(":")[0]
+    assert uid.isdigit() and int(uid) != 0, f"{name}: USER {user} (numeric, for runAsNonRoot)"
+
+
+@pytest.mark.parametrize("name", DOCKERFILES)
+def test_base_images_are_pinned(name: str) -> None:
+    dockerfile = parsed(name)
+    stage_names = {stage.name for stage in dockerfile.stages}
+    for stage in dockerfile.stages:
+        base = dockerfile.expand(stage.base)
+        if base in stage_names:
+            continue
+        tag = base.rsplit("/", 1)[-1].partition(":")[2]
+        assert tag and tag != "latest", f"{name}: FROM {base}"
+
+
+def test_gateway_image_installs_no_torch() -> None:
+    dockerfile = parsed("gateway")
+    assert len(dockerfile.stages) >= 2, "multi-stage: build tools stay out of the final image"
+    installs = [cmd for stage in dockerfile.stages for cmd in pip_installs(stage)]
+    assert installs, "the gateway image installs the project"
+    for command in installs:
+        assert "torch" not in command, command
+        # `.` with no extras: the [model] extra is where torch lives.
+        assert "[" not in command, command
+    assert any(re.search(r"install(\s+-\S+)*\s+\.(\s|$)", cmd) for cmd in installs)
+    # The final stage only copies the built environment in; it installs nothing itself.
+    assert not pip_installs(dockerfile.final)
+
+
+def test_project_base_dependencies_pull_no_torch() -> None:
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert not [dep for dep in project["dependencies"] if dep.lower().startswith("torch")]
+
+
+def test_gateway_image_command_runs_here(gpu: list[Manifest]) -> None:
+    final = parsed("gateway").final
+    argv = dockerfiles.exec_form(final.last("ENTRYPOINT")) + dockerfiles.exec_form(
+        final.last("CMD")
+    )
+    assert argv[:2] == ["ca-serve", "serve"], argv
+    script = Path(sys.executable).parent / argv[0]
+    assert script.is_file(), f"console script {argv[0]} not installed in {script.parent}"
+    result = subprocess.run(
+        [str(script), *argv[1:], "--help"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    for flag in (arg for arg in argv[1:] if arg.startswith("--")):
+        assert flag in result.stdout, f"{flag} unknown to `{' '.join(argv[:2])}`"
+    # The manifests spell out the same command.
+    gateway = container(workload_by_label(gpu, "ca-serve-gateway"), "gateway")
+    assert gateway["command"] + gateway["args"] == argv
+    assert f"EXPOSE {dockerfiles_port(argv)}" in {f"EXPOSE {v}" for v in final.all("EXPOSE")}
+
+
+def dockerfiles_port(argv: list[str]) -> str:
+    return argv[argv.index("--port") + 1]
+
+
+def test_builder_installs_cpu_torch_and_the_model_extra() -> None:
+    builder = parsed("builder").stage("builder")
+    installs = " ".join(pip_installs(builder))
+    assert "download.pytorch.org/whl/cpu" in installs
+    assert ".[model]" in installs
+    export = parsed("builder").stage("export")
+    assert any("ca-serve build-repo" in run for run in export.all("RUN"))
+
+
+def test_triton_image_adds_the_tensorrt_step() -> None:
+    triton = parsed("triton")
+    assert triton.expand(triton.stages[0].base).startswith("nvcr.io/nvidia/tritonserver:")
+    installs = " ".join(pip_installs(triton.final))
+    assert "tensorrt" in installs
+    assert "--no-deps ." in installs, "the ca-serve package, without the gateway's deps"
+    assert "torch" not in installs.replace("tensorrt", "")
+
+
+def test_dockerignore_keeps_what_the_images_copy() -> None:
+    ignored = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert ".venv" in ignored and ".git" in ignored
+    copied: set[str] = set()
+    for name in DOCKERFILES:
+        for stage in parsed(name).stages:
+            for copy in stage.all("COPY"):
+                if "--from=" not in copy:
+                    copied.update(copy.split()[:-1])
+    copied = {c for c in copied if not c.startswith("--")}
+    assert copied >= {"pyproject.toml", "service", "clients"}
+    for path in copied:
+        assert path not in ignored, f"{path} is copied but .dockerignore drops it"
+
+
+# --- docker compose ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def compose() -> Manifest:
+    data: Manifest = yaml.safe_load(COMPOSE.read_text())
+    return data
+
+
+def test_compose_has_the_full_stack(compose: Manifest) -> None:
+    assert {"gateway", "triton", "prometheus", "grafana"} <= set(compose["services"])
+
+
+def test_compose_builds_and_mounts_files_that_exist(compose: Manifest) -> None:
+    base = COMPOSE.parent
+    for name, service in compose["services"].items():
+        build = service.get("build")
+        if build:
+            context = (base / build["context"]).resolve()
+            assert (context / build["dockerfile"]).is_file(), name
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("."):
+                assert (base / source).exists(), f"{name}: {source}"
+
+
+def test_compose_gateway_settings_are_real(compose: Manifest) -> None:
+    fields = {f"CA_{name.upper()}" for name in Settings.model_fields}
+    for service in compose["services"].values():
+        for key in service.get("environment", {}):
+            if key.startswith("CA_"):
+                assert key in fields, key
+
+
+def test_compose_runs_the_same_triton_as_kubernetes(compose: Manifest, gpu: list[Manifest]) -> None:
+    triton = container(workload_by_label(gpu, "triton"), "triton")
+    assert compose["services"]["triton"]["image"] == triton["image"]
+    # deploy/prometheus/prometheus.yml scrapes these service names.
+    prometheus = (ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text()
+    assert "gateway:8000" in prometheus and "triton:8002" in prometheus
