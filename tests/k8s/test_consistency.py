@@ -13,12 +13,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import yaml
 
 from service.gateway.settings import Settings
 from service.spec import ONNX_MODEL, TENSORRT_MODEL, TORCHSCRIPT_MODEL
 from tests.k8s import dockerfiles
 from tests.k8s.manifests import (
     DOCKER,
+    K8S,
     Manifest,
     PodTemplate,
     container,
@@ -429,3 +431,35 @@ def test_init_containers_copy_the_repository_the_model_image_carries(
             assert any(str(source.parent) in copy for copy in model.all("COPY"))
             mounts = {m["mountPath"] for m in item["volumeMounts"]}
             assert item["command"][3].rstrip("/") in mounts
+
+
+# --- monitoring (k8s/monitoring, included by the base) ---------------------------------------
+
+
+def test_monitors_scrape_real_named_ports(gpu: list[Manifest]) -> None:
+    for monitor in of_kind(gpu, "ServiceMonitor"):
+        selector = monitor["spec"]["selector"]["matchLabels"]
+        services = [
+            s for s in of_kind(gpu, "Service") if selects(selector, s["metadata"]["labels"])
+        ]
+        assert len(services) == 1, name_of(monitor)
+        ports = {p["name"] for p in services[0]["spec"]["ports"]}
+        assert {e["port"] for e in monitor["spec"]["endpoints"]} <= ports
+    for monitor in of_kind(gpu, "PodMonitor"):
+        selector = monitor["spec"]["selector"]["matchLabels"]
+        templates = [t for t in pod_templates(gpu) if selects(selector, t.labels)]
+        assert len(templates) == 1, name_of(monitor)
+        ports = {p["name"] for c in templates[0].spec["containers"] for p in c.get("ports", [])}
+        assert {e["port"] for e in monitor["spec"]["podMetricsEndpoints"]} <= ports
+    kinds = {obj["kind"] for obj in gpu}
+    assert {"ServiceMonitor", "PodMonitor", "PrometheusRule"} <= kinds
+
+
+def test_hpa_custom_metrics_are_served_by_the_adapter_rules(objects: list[Manifest]) -> None:
+    config = yaml.safe_load((K8S / "monitoring" / "prometheus-adapter-rules.yaml").read_text())
+    rules = yaml.safe_load(config["data"]["config.yaml"])["rules"]
+    served = {rule["name"]["as"] for rule in rules}
+    for hpa in of_kind(objects, "HorizontalPodAutoscaler"):
+        for metric in hpa["spec"]["metrics"]:
+            if metric["type"] == "Pods":
+                assert metric["pods"]["metric"]["name"] in served, name_of(hpa)
