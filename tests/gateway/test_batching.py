@@ -1,0 +1,231 @@
+"""The micro-batcher alone: a fake async batch function, no HTTP, no model."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+
+import pytest
+
+from service.gateway.batching import (
+    BatchSizeMismatchError,
+    BatcherClosedError,
+    MicroBatcher,
+    QueueFullError,
+)
+
+
+class Recorder:
+    """Doubles each item; records the batches it saw; can be slowed or made to fail."""
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        self.batches: list[list[int]] = []
+        self.delay_s = delay_s
+        self.fail_with: Exception | None = None
+        self.drop_last = False
+        self.gate: asyncio.Event | None = None
+
+    async def __call__(self, items: Sequence[int]) -> list[int]:
+        self.batches.append(list(items))
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        if self.fail_with is not None:
+            raise self.fail_with
+        out = [2 * item for item in items]
+        return out[:-1] if self.drop_last else out
+
+
+@pytest.fixture
+async def recorder() -> Recorder:
+    return Recorder()
+
+
+async def make(recorder: Recorder, **kwargs: float) -> MicroBatcher[int, int]:
+    options = {"max_batch_size": 4, "max_batch_delay_s": 0.02, "max_queue": 64} | kwargs
+    batcher: MicroBatcher[int, int] = MicroBatcher(recorder, **options)  # type: ignore[arg-type]
+    batcher.start()
+    return batcher
+
+
+@pytest.fixture
+async def batcher(recorder: Recorder) -> AsyncIterator[MicroBatcher[int, int]]:
+    b = await make(recorder)
+    yield b
+    await b.close()
+
+
+async def test_each_caller_gets_its_own_result(
+    batcher: MicroBatcher[int, int], recorder: Recorder
+) -> None:
+    results = await asyncio.gather(*(batcher.submit(i) for i in range(10)))
+    assert results == [2 * i for i in range(10)]
+    assert all(len(b) <= 4 for b in recorder.batches)
+    assert sorted(x for b in recorder.batches for x in b) == list(range(10))
+    assert len(recorder.batches) == 3  # 4 + 4 + 2: concurrent items share batches
+
+
+async def test_batch_closes_at_max_batch_size_without_waiting(recorder: Recorder) -> None:
+    b = await make(recorder, max_batch_delay_s=10.0)
+    try:
+        results = await asyncio.wait_for(asyncio.gather(*(b.submit(i) for i in range(4))), 2.0)
+        assert results == [0, 2, 4, 6] and recorder.batches == [[0, 1, 2, 3]]
+    finally:
+        await b.close()
+
+
+async def test_window_starts_with_first_item(recorder: Recorder) -> None:
+    b = await make(recorder, max_batch_delay_s=0.2)
+    try:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        first = asyncio.ensure_future(b.submit(1))
+        await asyncio.sleep(0.05)
+        second = asyncio.ensure_future(b.submit(2))
+        assert await first == 2 and await second == 4
+        elapsed = loop.time() - start
+        assert recorder.batches == [[1, 2]]
+        assert 0.15 <= elapsed < 1.0
+    finally:
+        await b.close()
+
+
+async def test_zero_delay_runs_a_lone_item_at_once(recorder: Recorder) -> None:
+    b = await make(recorder, max_batch_delay_s=0.0)
+    try:
+        assert await asyncio.wait_for(b.submit(3), 1.0) == 6
+    finally:
+        await b.close()
+
+
+async def test_queue_full_fails_fast(recorder: Recorder) -> None:
+    recorder.gate = asyncio.Event()
+    b = await make(recorder, max_batch_size=1, max_queue=2, max_batch_delay_s=0.0)
+    try:
+        running = asyncio.ensure_future(b.submit(0))  # taken by the worker, blocked on gate
+        await asyncio.sleep(0.01)
+        queued = [asyncio.ensure_future(b.submit(i)) for i in (1, 2)]
+        await asyncio.sleep(0)
+        assert b.depth == 2
+        with pytest.raises(QueueFullError):
+            await b.submit(3)
+        recorder.gate.set()
+        assert await running == 0 and [await q for q in queued] == [2, 4]
+    finally:
+        await b.close()
+
+
+async def test_timeout_raises_and_batch_mates_still_answered(recorder: Recorder) -> None:
+    recorder.delay_s = 0.2
+    b = await make(recorder)
+    try:
+        slow = asyncio.ensure_future(b.submit(1, timeout_s=0.05))
+        patient = asyncio.ensure_future(b.submit(2))
+        with pytest.raises(TimeoutError):
+            await slow
+        assert await patient == 4
+    finally:
+        await b.close()
+
+
+async def test_default_timeout_from_constructor(recorder: Recorder) -> None:
+    recorder.delay_s = 0.3
+    b = await make(recorder, timeout_s=0.05)
+    try:
+        with pytest.raises(TimeoutError):
+            await b.submit(1)
+    finally:
+        await b.close()
+
+
+async def test_cancelled_items_are_dropped_before_the_batch_runs(recorder: Recorder) -> None:
+    b = await make(recorder, max_batch_delay_s=0.1)
+    try:
+        gone = asyncio.ensure_future(b.submit(7))
+        kept = asyncio.ensure_future(b.submit(8))
+        await asyncio.sleep(0.01)
+        gone.cancel()  # the client went away while the window was open
+        assert await kept == 16
+        assert recorder.batches == [[8]]
+        assert gone.cancelled()
+    finally:
+        await b.close()
+
+
+async def test_cancel_during_the_batch_does_not_disturb_batch_mates(recorder: Recorder) -> None:
+    recorder.gate = asyncio.Event()
+    b = await make(recorder)
+    try:
+        tasks = [asyncio.ensure_future(b.submit(i)) for i in range(3)]
+        await asyncio.sleep(0.05)
+        assert recorder.batches == [[0, 1, 2]]
+        tasks[1].cancel()
+        recorder.gate.set()
+        assert await tasks[0] == 0 and await tasks[2] == 4
+        assert tasks[1].cancelled()
+    finally:
+        await b.close()
+
+
+async def test_batch_failure_reaches_every_caller_of_that_batch_only(recorder: Recorder) -> None:
+    b = await make(recorder, max_batch_size=2)
+    try:
+        recorder.fail_with = RuntimeError("backend down")
+        failing = [asyncio.ensure_future(b.submit(i)) for i in range(2)]
+        for task in failing:
+            with pytest.raises(RuntimeError, match="backend down"):
+                await task
+        recorder.fail_with = None
+        assert await b.submit(5) == 10  # the batcher keeps working
+    finally:
+        await b.close()
+
+
+async def test_output_count_is_checked(recorder: Recorder) -> None:
+    recorder.drop_last = True
+    b = await make(recorder)
+    try:
+        results = await asyncio.gather(b.submit(1), b.submit(2), return_exceptions=True)
+        assert all(isinstance(r, BatchSizeMismatchError) for r in results)
+    finally:
+        await b.close()
+
+
+async def test_close_finishes_queued_items_then_refuses(recorder: Recorder) -> None:
+    recorder.delay_s = 0.02
+    b = await make(recorder, max_batch_size=2)
+    tasks = [asyncio.ensure_future(b.submit(i)) for i in range(7)]
+    await asyncio.sleep(0)
+    await b.close()
+    assert [t.result() for t in tasks] == [2 * i for i in range(7)]
+    with pytest.raises(BatcherClosedError):
+        await b.submit(1)
+    assert b.closed
+
+
+async def test_concurrent_batches_overlap(recorder: Recorder) -> None:
+    recorder.delay_s = 0.1
+    b = await make(recorder, max_batch_size=1, max_batch_delay_s=0.0, max_concurrent_batches=4)
+    try:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        assert await asyncio.gather(*(b.submit(i) for i in range(4))) == [0, 2, 4, 6]
+        assert loop.time() - start < 0.3  # four 0.1 s batches in parallel, not 0.4 s
+    finally:
+        await b.close()
+
+
+def test_rejects_bad_configuration(recorder: Recorder) -> None:
+    with pytest.raises(ValueError):
+        MicroBatcher(recorder, max_batch_size=0, max_batch_delay_s=0.0, max_queue=1)
+    with pytest.raises(ValueError):
+        MicroBatcher(recorder, max_batch_size=1, max_batch_delay_s=-1.0, max_queue=1)
+
+
+async def test_submit_before_start_is_refused(recorder: Recorder) -> None:
+    b: MicroBatcher[int, int] = MicroBatcher(
+        recorder, max_batch_size=1, max_batch_delay_s=0.0, max_queue=1
+    )
+    with pytest.raises(BatcherClosedError):
+        await b.submit(1)
