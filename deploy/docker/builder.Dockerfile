@@ -36,13 +36,19 @@ CMD ["build-repo", "--help"]
 FROM builder AS export
 ARG WEIGHTS=default
 USER root
+# `default` falls back to random weights when the release cannot be fetched: fine on a
+# laptop, never in an image, so the build fails unless random weights were asked for.
 RUN ca-serve build-repo --weights "${WEIGHTS}" --target gpu \
         --output /opt/ca-serve/model_repository \
-    && test -f /opt/ca-serve/model_repository/ca_mobilenetv2_onnx/1/model.onnx
+    && test -f /opt/ca-serve/model_repository/ca_mobilenetv2_onnx/1/model.onnx \
+    && WEIGHTS="${WEIGHTS}" python -c "import os, sys; from pathlib import Path; from service.spec import WeightsInfo; info = WeightsInfo.load(Path('/opt/ca-serve/model_repository/ca_mobilenetv2_onnx/1')); sys.exit(0 if os.environ['WEIGHTS'] == 'random' or (info is not None and not info.random_init) else 'random-init weights in the model image: pass WEIGHTS=<path or URL>, or WEIGHTS=random on purpose')"
 
 # The model image: only the repository and a shell to copy it, for init containers
 # (`cp -R /opt/ca-serve/model_repository/. /models/`).
 FROM busybox:1.37 AS model
+# The mount point, writable by whichever uid copies into it (docker compose initialises
+# its named volume from this directory; Kubernetes mounts an emptyDir over it).
+RUN mkdir -m 0777 /models
 COPY --from=export --chown=10001:10001 /opt/ca-serve/model_repository /opt/ca-serve/model_repository
 USER 10001:10001
 CMD ["cp", "-R", "/opt/ca-serve/model_repository/.", "/models/"]

@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 # The image of the TensorRT init step: the pinned NGC Triton image plus TensorRT's Python
 # API at the same TensorRT version and the ca-serve package, so
-#   python3 -m service.model.tensorrt --repository /models
+#   python3 -m service.model.tensorrt --repository /models --cache /cache
 # builds a plan this very Triton version loads. The server itself runs the stock image
 # (k8s/triton/deployment.yaml); keep TRITON_TAG and that image's tag the same.
 #
@@ -26,15 +26,22 @@ RUN set -eu; \
         "${server}"*) echo "TensorRT ${TENSORRT_VERSION} matches the server's ${server}" ;; \
         *) echo "TensorRT mismatch: pip ${TENSORRT_VERSION}, server libnvinfer ${server:-none}" >&2; exit 1 ;; \
     esac
-RUN python3 -m pip install "tensorrt-cu12==${TENSORRT_VERSION}" "numpy>=1.24" "onnx>=1.16"
+# What service.model.tensorrt imports: tensorrt; torch (service.model's package imports it,
+# and it reads the GPU name and compute capability for the cache key: the CUDA build, whose
+# own CUDA libraries work with the driver the node provides); tritonclient for the Triton
+# config protobufs; numpy and onnx.
+ARG TORCH_VERSION=2.13.0
+RUN python3 -m pip install "tensorrt-cu12==${TENSORRT_VERSION}" "torch==${TORCH_VERSION}" \
+        "tritonclient[grpc]>=2.40" "numpy>=1.24" "onnx>=1.16"
 WORKDIR /opt/ca-serve/src
 COPY pyproject.toml README.md ./
 COPY service ./service
 COPY clients ./clients
-# Only the package: the TensorRT step needs tensorrt, numpy and onnx, none of the
-# gateway's server dependencies and no torch.
+# Only the package: none of the gateway's server dependencies.
 RUN python3 -m pip install --no-deps . && rm -rf /opt/ca-serve/src/build
 WORKDIR /
+# The plan cache's mount point, owned by the user the step runs as.
+RUN mkdir -p /cache && chown 1000:1000 /cache
 # The NGC image's triton-server user.
 USER 1000:1000
-CMD ["python3", "-m", "service.model.tensorrt", "--repository", "/models"]
+CMD ["python3", "-m", "service.model.tensorrt", "--repository", "/models", "--cache", "/cache"]

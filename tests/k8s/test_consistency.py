@@ -402,7 +402,10 @@ def test_triton_runs_the_pinned_ngc_image_the_trt_step_was_built_from(gpu: list[
     assert repository == "nvcr.io/nvidia/tritonserver"
     assert tag and tag != "latest" and tag[:2].isdigit()
     step = container(template, "tensorrt-plan")
-    assert step["command"] == ["python3", "-m", "service.model.tensorrt", "--repository", "/models"]
+    assert step["command"][:3] == ["python3", "-m", "service.model.tensorrt"]
+    assert flag_value(step["command"], "--repository") == "/models"
+    mounts = {m["name"]: m["mountPath"] for m in step["volumeMounts"]}
+    assert flag_value(step["command"], "--cache") == mounts["tensorrt-cache"]
     assert step["command"] == dockerfiles.exec_form(dockerfile.final.last("CMD"))
     assert flag_value(container(template, "triton")["args"], "--model-repository") == "/models"
 

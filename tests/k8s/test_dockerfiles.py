@@ -115,8 +115,8 @@ def test_triton_image_adds_the_tensorrt_step() -> None:
     assert triton.expand(triton.stages[0].base).startswith("nvcr.io/nvidia/tritonserver:")
     installs = " ".join(pip_installs(triton.final))
     assert "tensorrt" in installs
+    assert "tritonclient" in installs
     assert "--no-deps ." in installs, "the ca-serve package, without the gateway's deps"
-    assert "torch" not in installs.replace("tensorrt", "")
 
 
 def test_dockerignore_keeps_what_the_images_copy() -> None:
@@ -178,3 +178,18 @@ def test_compose_runs_the_same_triton_as_kubernetes(compose: Manifest, gpu: list
     # deploy/prometheus/prometheus.yml scrapes these service names.
     prometheus = (ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text()
     assert "gateway:8000" in prometheus and "triton:8002" in prometheus
+
+
+def test_the_tensorrt_step_command_matches_the_module(gpu: list[Manifest]) -> None:
+    step = container(workload_by_label(gpu, "triton"), "tensorrt-plan")
+    assert step["command"][:3] == ["python3", "-m", "service.model.tensorrt"]
+    result = subprocess.run(
+        [sys.executable, "-m", "service.model.tensorrt", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    for flag in (arg for arg in step["command"][3:] if arg.startswith("--")):
+        assert flag in result.stdout, f"{flag} unknown to service.model.tensorrt"
