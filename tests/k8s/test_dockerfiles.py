@@ -134,9 +134,11 @@ def test_dockerignore_keeps_what_the_images_copy() -> None:
                 if "--from=" not in copy:
                     copied.update(copy.split()[:-1])
     copied = {c for c in copied if not c.startswith("--")}
-    assert copied >= {"pyproject.toml", "service", "clients"}
+    assert copied >= {"pyproject.toml", "README.md", "service", "clients"}
     for path in copied:
         assert path not in ignored, f"{path} is copied but .dockerignore drops it"
+        # pyproject's `readme` makes README.md part of `pip install .`, so it must exist.
+        assert (ROOT / path).exists(), f"the images copy {path}, which the repository lacks"
 
 
 # --- docker compose ---------------------------------------------------------------------
