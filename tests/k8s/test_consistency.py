@@ -466,3 +466,12 @@ def test_hpa_custom_metrics_are_served_by_the_adapter_rules(objects: list[Manife
         for metric in hpa["spec"]["metrics"]:
             if metric["type"] == "Pods":
                 assert metric["pods"]["metric"]["name"] in served, name_of(hpa)
+
+
+def test_autoscaled_deployments_leave_replicas_to_the_hpa(objects: list[Manifest]) -> None:
+    for hpa in of_kind(objects, "HorizontalPodAutoscaler"):
+        ref = hpa["spec"]["scaleTargetRef"]
+        target = one(objects, ref["kind"], ref["name"])
+        # `kubectl apply` would reset a declared count on every deploy, under live load.
+        assert "replicas" not in target["spec"], name_of(target)
+        assert hpa["spec"]["minReplicas"] >= 2, "one pod is no redundancy"
