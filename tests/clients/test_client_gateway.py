@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +17,7 @@ from clients import (
     CAServeClient,
     Classification,
 )
-from service.gateway.settings import Settings
-from tests.support.gateway import GatewayServer, write_tiny_repository
+from tests.support.gateway import GatewayServer
 
 
 def _as_json(result: Classification) -> list[dict[str, Any]]:
@@ -109,22 +107,12 @@ def test_bad_top_k_is_a_422(gateway: GatewayServer, photos: list[Path]) -> None:
         assert len(client.classify(photos[0], top_k=2).predictions) == 2
 
 
-@pytest.fixture(scope="module")
-def keyed_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayServer]:
-    """A gateway that wants an API key, serving a tiny random-init model."""
-    repository = write_tiny_repository(tmp_path_factory.mktemp("tiny"), random_init=True)
-    settings = Settings(model_repository=repository, model_name="tiny_onnx",
-                        api_keys=("s3cret",))
-    with GatewayServer(settings) as server:
-        yield server
-
-
-def test_api_key(keyed_gateway: GatewayServer, photos: list[Path]) -> None:
+def test_api_key(keyed_gateway: GatewayServer, api_key: str, photos: list[Path]) -> None:
     with CAServeClient(keyed_gateway.url) as client, pytest.raises(APIError) as info:
         client.classify(photos[0])
     assert (info.value.status, info.value.code) == (401, "unauthorized")
-    with CAServeClient(keyed_gateway.url, api_key="s3cret") as client:
+    with CAServeClient(keyed_gateway.url, api_key=api_key) as client:
         result = client.classify(photos[0], top_k=3)
         model = client.model_info()
-    assert [p.label for p in result.predictions][0].startswith("class_")
+    assert result.top.label.startswith("class_") and len(result.predictions) == 3
     assert model.random_init is True and model.weights_source == "random"
