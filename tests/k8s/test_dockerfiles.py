@@ -211,3 +211,9 @@ def test_the_tensorrt_step_command_matches_the_module(gpu: list[Manifest]) -> No
     declared = module_flags(source)
     for flag in (arg for arg in step["command"][3:] if arg.startswith("--")):
         assert flag in declared, f"{flag} unknown to service.model.tensorrt"
+
+
+def test_compose_stops_the_gateway_after_its_drain(compose: Manifest) -> None:
+    gateway = compose["services"]["gateway"]
+    drain = float(gateway["environment"]["CA_GRACEFUL_SHUTDOWN_S"])
+    assert float(gateway["stop_grace_period"].removesuffix("s")) > drain
