@@ -8,6 +8,8 @@ import re
 from tests.observability.artifacts import (
     DASHBOARD_PATH,
     GRAFANA_DIR,
+    ROOT,
+    alert_rules,
     dashboard_exprs,
     dashboard_panels,
     load_dashboard,
@@ -100,3 +102,12 @@ def test_provisioning_points_at_the_dashboard() -> None:
     assert provider["type"] == "file"
     # deploy/docker-compose.yml mounts deploy/grafana/dashboards at this path.
     assert provider["options"]["path"] == "/var/lib/grafana/dashboards/" + DASHBOARD_PATH.stem
+
+
+def test_docs_describe_every_panel_and_alert() -> None:
+    docs = (ROOT / "docs" / "observability.md").read_text()
+    for panel in dashboard_panels(load_dashboard()):
+        assert f"**{panel['title']}**" in docs, f"docs/observability.md: panel {panel['title']!r}"
+    headings = set(re.findall(r"^### (\w+)$", docs, re.M))
+    for alert in alert_rules():
+        assert alert["alert"] in headings, f"docs/observability.md: no section {alert['alert']}"
