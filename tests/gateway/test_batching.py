@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator, Sequence
 import pytest
 
 from service.gateway.batching import (
-    BatchSizeMismatchError,
     BatcherClosedError,
+    BatchSizeMismatchError,
     MicroBatcher,
     QueueFullError,
 )

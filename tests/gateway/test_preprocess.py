@@ -25,13 +25,10 @@ def reference(image: Image.Image) -> np.ndarray:
     """Plain PIL, written independently: RGB, shorter side to 256 (bilinear), centre 224."""
     image = image.convert("RGB")
     w, h = image.size
-    if w < h:
-        size = (256, int(256 * h / w))
-    else:
-        size = (int(256 * w / h), 256)
+    size = (256, int(256 * h / w)) if w < h else (int(256 * w / h), 256)
     image = image.resize(size, Image.BILINEAR)
-    left = int(round((size[0] - 224) / 2.0))
-    top = int(round((size[1] - 224) / 2.0))
+    left = round((size[0] - 224) / 2.0)
+    top = round((size[1] - 224) / 2.0)
     return np.asarray(image.crop((left, top, left + 224, top + 224)))
 
 
@@ -50,8 +47,12 @@ def gradient(width: int, height: int) -> Image.Image:
     x = np.linspace(0, 255, width, dtype=np.float64)[None, :, None]
     y = np.linspace(0, 255, height, dtype=np.float64)[:, None, None]
     rgb = np.concatenate(
-        [np.broadcast_to(x, (height, width, 1)), np.broadcast_to(y, (height, width, 1)),
-         np.broadcast_to((x + y) / 2, (height, width, 1))], axis=2
+        [
+            np.broadcast_to(x, (height, width, 1)),
+            np.broadcast_to(y, (height, width, 1)),
+            np.broadcast_to((x + y) / 2, (height, width, 1)),
+        ],
+        axis=2,
     )
     return Image.fromarray(rgb.astype(np.uint8), "RGB")
 
@@ -85,8 +86,9 @@ def test_cmyk_jpeg_is_converted() -> None:
     assert Image.open(io.BytesIO(data)).mode == "CMYK"
     out = run(data)
     # Close to the RGB original (JPEG loss aside): the channels are not inverted/garbled.
-    np.testing.assert_allclose(out.mean(axis=(0, 1)), reference(gradient(320, 240)).mean(axis=(0, 1)),
-                               atol=6)
+    np.testing.assert_allclose(
+        out.mean(axis=(0, 1)), reference(gradient(320, 240)).mean(axis=(0, 1)), atol=6
+    )
 
 
 @pytest.mark.parametrize(("mode", "fmt"), [("RGBA", "PNG"), ("LA", "PNG"), ("RGBA", "WEBP")])
@@ -214,8 +216,12 @@ def test_pixel_bombs_are_rejected_from_the_header(size: tuple[int, int]) -> None
 
 def test_gif_bomb_rejected() -> None:
     # GIF logical screen of 65535 x 65535 with a 1x1 frame.
-    data = (b"GIF89a" + struct.pack("<HH", 65535, 65535) + b"\x00\x00\x00"
-            + b",\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;")
+    data = (
+        b"GIF89a"
+        + struct.pack("<HH", 65535, 65535)
+        + b"\x00\x00\x00"
+        + b",\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;"
+    )
     with pytest.raises(ImageTooLarge):
         run(data)
 
@@ -229,7 +235,12 @@ def test_pixel_limit_is_a_setting() -> None:
 
 @pytest.mark.parametrize(
     "data",
-    [b"", b"garbage, not an image", b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, b"\xff\xd8\xff" + b"\x00" * 10],
+    [
+        b"",
+        b"garbage, not an image",
+        b"\x89PNG\r\n\x1a\n" + b"\x00" * 40,
+        b"\xff\xd8\xff" + b"\x00" * 10,
+    ],
     ids=["empty", "text", "png-magic-only", "jpeg-magic-only"],
 )
 def test_garbage_is_undecodable(data: bytes) -> None:

@@ -40,8 +40,12 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def server(repository: Path) -> Iterator[GatewayServer]:
     settings = Settings(
-        model_repository=repository, model_name=TINY_MODEL, api_keys=(KEY, "other-key"),
-        max_upload_bytes=200_000, max_image_pixels=1_000_000, max_files=3,
+        model_repository=repository,
+        model_name=TINY_MODEL,
+        api_keys=(KEY, "other-key"),
+        max_upload_bytes=200_000,
+        max_image_pixels=1_000_000,
+        max_files=3,
     )
     with GatewayServer(settings, app=create_app(settings)) as gateway:
         yield gateway
@@ -69,14 +73,24 @@ def assert_still_serving(http: httpx.Client) -> None:
     assert len(response.json()["results"][0]["predictions"]) == 5
 
 
-def raw(http: httpx.Client, data: bytes, ctype: str = "image/png", query: str = "",
-        headers: dict[str, str] | None = None) -> httpx.Response:
-    return http.post(f"/classify{query}", content=data,
-                     headers={**AUTH, "Content-Type": ctype, **(headers or {})})
+def raw(
+    http: httpx.Client,
+    data: bytes,
+    ctype: str = "image/png",
+    query: str = "",
+    headers: dict[str, str] | None = None,
+) -> httpx.Response:
+    return http.post(
+        f"/classify{query}",
+        content=data,
+        headers={**AUTH, "Content-Type": ctype, **(headers or {})},
+    )
 
 
 # -- 400 ------------------------------------------------------------------------------
-@pytest.mark.parametrize("data", [b"not an image at all", png()[:60], b""], ids=["text", "truncated", "empty"])
+@pytest.mark.parametrize(
+    "data", [b"not an image at all", png()[:60], b""], ids=["text", "truncated", "empty"]
+)
 def test_400_undecodable(http: httpx.Client, data: bytes) -> None:
     assert_error(raw(http, data), 400, "undecodable_image")
     assert_still_serving(http)
@@ -84,13 +98,15 @@ def test_400_undecodable(http: httpx.Client, data: bytes) -> None:
 
 def test_400_one_bad_file_names_it(http: httpx.Client) -> None:
     files = [("file", ("ok.png", png(), "image/png")), ("file", ("bad.png", b"xx", "image/png"))]
-    error = assert_error(http.post("/classify", files=files, headers=AUTH), 400, "undecodable_image")
+    error = assert_error(
+        http.post("/classify", files=files, headers=AUTH), 400, "undecodable_image"
+    )
     assert "file 2 (bad.png)" in error["message"]
     assert_still_serving(http)
 
 
 def test_400_malformed_multipart(http: httpx.Client) -> None:
-    body = b"--abc\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\n\r\nxx"
+    body = b'--abc\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\nxx'
     response = raw(http, body, "multipart/form-data; boundary=abc")
     assert_error(response, 400, "bad_request")
     assert_error(raw(http, b"whatever", "multipart/form-data"), 400, "bad_request")
@@ -104,7 +120,9 @@ def test_401_without_a_valid_key(http: httpx.Client, header: str | None) -> None
     response = http.post("/classify", content=png(), headers=headers)
     assert_error(response, 401, "unauthorized")
     assert response.headers["www-authenticate"] == "Bearer"
-    assert_error(http.get("/v1/model", headers={"Authorization": header or ""}), 401, "unauthorized")
+    assert_error(
+        http.get("/v1/model", headers={"Authorization": header or ""}), 401, "unauthorized"
+    )
     assert_still_serving(http)
 
 
@@ -127,18 +145,28 @@ def test_413_chunked_body_too_large(http: httpx.Client) -> None:
         for _ in range(30):
             yield b"\0" * 10_000
 
-    response = http.post("/classify", content=chunks(), headers={**AUTH, "Content-Type": "image/png"})
+    response = http.post(
+        "/classify", content=chunks(), headers={**AUTH, "Content-Type": "image/png"}
+    )
     assert_error(response, 413, "payload_too_large")
     assert_still_serving(http)
 
 
 def _png_header_only(width: int, height: int) -> bytes:
     def chunk(kind: bytes, payload: bytes) -> bytes:
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(
-            ">I", zlib.crc32(kind + payload) & 0xFFFFFFFF)
+        return (
+            struct.pack(">I", len(payload))
+            + kind
+            + payload
+            + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF)
+        )
 
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"\0" * 16))
+        + chunk(b"IEND", b"")
+    )
 
 
 @pytest.mark.parametrize("size", [(2000, 1000), (100_000, 100_000)])
@@ -174,7 +202,9 @@ def test_multipart_octet_stream_part_is_accepted(http: httpx.Client) -> None:
 
 
 # -- 422 ------------------------------------------------------------------------------
-@pytest.mark.parametrize("query", ["?top_k=0", "?top_k=-3", "?top_k=abc", "?top_k=11", "?top_k=1.5"])
+@pytest.mark.parametrize(
+    "query", ["?top_k=0", "?top_k=-3", "?top_k=abc", "?top_k=11", "?top_k=1.5"]
+)
 def test_422_bad_top_k(http: httpx.Client, query: str) -> None:
     error = assert_error(raw(http, png(), query=query), 422, "invalid_parameter")
     assert "top_k" in error["message"]
@@ -182,8 +212,12 @@ def test_422_bad_top_k(http: httpx.Client, query: str) -> None:
 
 
 def test_422_multipart_without_file_part(http: httpx.Client) -> None:
-    response = http.post("/classify", data={"image": "x"}, files=[("other", ("a.png", png(), "image/png"))],
-                         headers=AUTH)
+    response = http.post(
+        "/classify",
+        data={"image": "x"},
+        files=[("other", ("a.png", png(), "image/png"))],
+        headers=AUTH,
+    )
     assert_error(response, 422, "invalid_parameter")
     assert_still_serving(http)
 
@@ -204,8 +238,13 @@ def fake() -> FakeBackend:
 @pytest.fixture(scope="module")
 def fake_server(repository: Path, fake: FakeBackend) -> Iterator[GatewayServer]:
     settings = Settings(
-        model_repository=repository, model_name=TINY_MODEL, max_queue=2, max_batch_size=1,
-        max_batch_delay_ms=0, request_timeout_s=1.0, retry_after_s=3,
+        model_repository=repository,
+        model_name=TINY_MODEL,
+        max_queue=2,
+        max_batch_size=1,
+        max_batch_delay_ms=0,
+        request_timeout_s=1.0,
+        retry_after_s=3,
     )
     with GatewayServer(settings, app=create_app(settings, backend=fake)) as gateway:
         yield gateway
@@ -229,10 +268,12 @@ def test_503_queue_full_with_retry_after(fake_server: GatewayServer, fake: FakeB
 
     async def burst() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=fake_server.url, timeout=10.0) as client:
-            return await asyncio.gather(*(
-                client.post("/classify", content=png(), headers={"Content-Type": "image/png"})
-                for _ in range(8)
-            ))
+            return await asyncio.gather(
+                *(
+                    client.post("/classify", content=png(), headers={"Content-Type": "image/png"})
+                    for _ in range(8)
+                )
+            )
 
     responses = asyncio.run(burst())
     statuses = sorted(r.status_code for r in responses)

@@ -99,14 +99,22 @@ class GatewayServer:
         )
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-c", code], stdout=log, stderr=subprocess.STDOUT, env=env,
+                [sys.executable, "-c", code],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
                 cwd=REPO_ROOT,
             )
 
     def _start_thread(self) -> None:
         config = uvicorn.Config(
-            self.app, host="127.0.0.1", port=self.port, log_level="warning",
-            access_log=False, server_header=False, lifespan="on",
+            self.app,
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            access_log=False,
+            server_header=False,
+            lifespan="on",
             timeout_graceful_shutdown=5,
         )
         self._server = uvicorn.Server(config)
@@ -215,7 +223,11 @@ def tiny_onnx_model(num_classes: int, *, input_size: int = 224, seed: int = 0) -
     graph = helper.make_graph(
         nodes,
         "tiny",
-        [helper.make_tensor_value_info("IMAGE", TensorProto.UINT8, ["N", input_size, input_size, 3])],
+        [
+            helper.make_tensor_value_info(
+                "IMAGE", TensorProto.UINT8, ["N", input_size, input_size, 3]
+            )
+        ],
         [helper.make_tensor_value_info("PROBS", TensorProto.FLOAT, ["N", num_classes])],
         initializer=[numpy_helper.from_array(weights, "W"), numpy_helper.from_array(bias, "B")],
     )
