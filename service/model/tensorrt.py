@@ -7,7 +7,8 @@ by `ca-serve build-repo --tensorrt` or by the Kubernetes init container on the G
 
 Plans are cached per (ONNX digest, GPU name, compute capability, TensorRT version), so a
 restarted pod on the same node type reuses its plan instead of rebuilding it for minutes.
-Needs the `tensorrt` Python package and CUDA; imports of both are deferred.
+Needs the `tensorrt` Python package and an NVIDIA GPU (found with `nvidia-smi`); torch is
+not needed, so the init container's image stays small.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -38,24 +40,37 @@ def _tensorrt() -> Any:
     return tensorrt
 
 
+def gpu_identity() -> tuple[str, str]:
+    """(name, compute capability) of the first GPU, from `nvidia-smi`."""
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,compute_cap", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise TensorRTUnavailable(
+            "no NVIDIA GPU: a TensorRT plan must be built on its GPU"
+        ) from exc
+    name, capability = (part.strip() for part in out.splitlines()[0].split(",", 1))
+    return name, capability
+
+
 def available() -> bool:
     try:
         _tensorrt()
-        import torch
-    except (TensorRTUnavailable, ImportError):
+        gpu_identity()
+    except TensorRTUnavailable:
         return False
-    return bool(torch.cuda.is_available())
+    return True
 
 
 def device_key() -> str:
-    """`<gpu>-sm<major><minor>-trt<version>`: a plan's identity beyond the model."""
-    import torch
-
-    if not torch.cuda.is_available():
-        raise TensorRTUnavailable("no CUDA device: a TensorRT plan must be built on its GPU")
-    major, minor = torch.cuda.get_device_capability()
-    name = torch.cuda.get_device_name().replace(" ", "_")
-    return f"{name}-sm{major}{minor}-trt{_tensorrt().__version__}"
+    """`<gpu>-sm<capability>-trt<version>`: a plan's identity beyond the model."""
+    name, capability = gpu_identity()
+    return f"{name.replace(' ', '_')}-sm{capability.replace('.', '')}-trt{_tensorrt().__version__}"
 
 
 def build_plan(onnx_path: Path, plan_path: Path, spec: ModelSpec, *, fp16: bool = True) -> Path:
