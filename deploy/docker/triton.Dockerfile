@@ -26,13 +26,9 @@ RUN set -eu; \
         "${server}"*) echo "TensorRT ${TENSORRT_VERSION} matches the server's ${server}" ;; \
         *) echo "TensorRT mismatch: pip ${TENSORRT_VERSION}, server libnvinfer ${server:-none}" >&2; exit 1 ;; \
     esac
-# What service.model.tensorrt imports: tensorrt; torch (service.model's package imports it,
-# and it reads the GPU name and compute capability for the cache key: the CUDA build, whose
-# own CUDA libraries work with the driver the node provides); tritonclient for the Triton
-# config protobufs; numpy and onnx.
-ARG TORCH_VERSION=2.13.0
-RUN python3 -m pip install "tensorrt-cu12==${TENSORRT_VERSION}" "torch==${TORCH_VERSION}" \
-        "tritonclient[grpc]>=2.40" "numpy>=1.24" "onnx>=1.16"
+# What service.model.tensorrt imports: tensorrt alone (no torch: the GPU's name and compute
+# capability for the plan cache key come from nvidia-smi, which the node's driver provides).
+RUN python3 -m pip install "tensorrt-cu12==${TENSORRT_VERSION}"
 WORKDIR /opt/ca-serve/src
 COPY pyproject.toml README.md ./
 COPY service ./service

@@ -21,7 +21,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from service.model.triton_config import preferred_batch_sizes
 from service.spec import ONNX_MODEL, TENSORRT_MODEL, ModelSpec
 
 VERSION = "1"
@@ -100,7 +99,8 @@ def build_plan(onnx_path: Path, plan_path: Path, spec: ModelSpec, *, fp16: bool 
             )
         config.set_flag(trt.BuilderFlag.FP16)
     profile = builder.create_optimization_profile()
-    opt = max(preferred_batch_sizes(spec.max_batch_size)[:-1] or [spec.max_batch_size])
+    # Tuned for half the largest batch: the size Triton's dynamic batcher forms under load.
+    opt = max(1, spec.max_batch_size // 2)
     profile.set_shape(
         spec.input_name,
         (1, *spec.input_shape),

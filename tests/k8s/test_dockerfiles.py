@@ -116,7 +116,7 @@ def test_triton_image_adds_the_tensorrt_step() -> None:
     assert triton.expand(triton.stages[0].base).startswith("nvcr.io/nvidia/tritonserver:")
     installs = " ".join(pip_installs(triton.final))
     assert "tensorrt" in installs
-    assert "tritonclient" in installs
+    assert "torch" not in installs, "the TensorRT step needs no torch (GPU id from nvidia-smi)"
     assert "--no-deps ." in installs, "the ca-serve package, without the gateway's deps"
 
 
