@@ -110,7 +110,9 @@ class TritonServer:
         env["LD_LIBRARY_PATH"] = os.pathsep.join(
             p for p in (libs, env.get("LD_LIBRARY_PATH", "")) if p
         )
-        # The Python backend stub imports model.py with this environment's packages.
+        # The Python backend stub starts an isolated interpreter that ignores PYTHONPATH by
+        # itself; the repository's model.py adds these entries, so it finds numpy and
+        # onnxruntime from this environment.
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(site_packages()), env.get("PYTHONPATH", "")) if p
         )
