@@ -9,7 +9,11 @@ import time
 from typing import Any
 
 ACCESS_LOGGER = "ca.gateway.access"
-_RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+_RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message",
+    "asctime",
+    "color_message",  # uvicorn's ANSI-coloured duplicate of the message
+}
 
 
 class JsonFormatter(logging.Formatter):
