@@ -15,6 +15,7 @@ import io
 import ipaddress
 import itertools
 import json
+import os
 import socket
 import sys
 import time
@@ -204,7 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ca-serve bench",
         description="Load a ca-serve gateway (or Triton directly) and report latency.",
     )
-    parser.add_argument("--url", default=DEFAULT_URL, help="gateway base URL (%(default)s)")
+    parser.add_argument("--url", default=os.environ.get("CA_SERVE_URL", DEFAULT_URL),
+                        help="gateway base URL (default: $CA_SERVE_URL or %(default)s)")
     parser.add_argument("--images", type=Path, metavar="DIR",
                         help="directory of images to send (default: synthetic JPEGs)")
     parser.add_argument("--concurrency", type=_positive_int, default=8, metavar="N",
@@ -219,7 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="unrecorded requests first (default: concurrency)")
     parser.add_argument("--timeout", type=float, default=30.0, metavar="S",
                         help="per-request timeout")
-    parser.add_argument("--api-key", help="API key sent as a Bearer token")
+    parser.add_argument("--api-key", default=os.environ.get("CA_API_KEY"),
+                        help="API key sent as a Bearer token (default: $CA_API_KEY)")
     parser.add_argument("--out", type=Path, metavar="results.json", help="write JSON results")
     parser.add_argument("--plot", type=Path, metavar="latency.png", help="write a PNG")
     parser.add_argument("--triton", metavar="HOST:PORT",

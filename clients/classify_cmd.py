@@ -118,13 +118,17 @@ def _short(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def _display_name(image: str) -> str:
+    return "<stdin>" if image == "-" else Path(image).name
+
+
 def render_table(outcomes: list[Outcome], out: TextIO) -> None:
     """One block per image: rank, label, score as a percentage and a bar."""
     unicode = (getattr(out, "encoding", None) or "").lower().replace("-", "") == "utf8"
-    width = min(40, max([len(Path(o.image).name) for o in outcomes] + [5]))
+    width = min(40, max([len(_display_name(o.image)) for o in outcomes] + [5]))
     print(f"{'IMAGE':<{width}}  {'#':>2}  {'LABEL':<{_LABEL_WIDTH}}  {'SCORE':>7}", file=out)
     for outcome in outcomes:
-        name = _short(Path(outcome.image).name if outcome.image != "-" else "<stdin>", width)
+        name = _short(_display_name(outcome.image), width)
         if outcome.error is not None:
             error = outcome.error
             print(f"{name:<{width}}  error {error.status} {error.code}: {error.message}", file=out)
@@ -222,11 +226,16 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"ca-serve classify: {exc}", file=sys.stderr)
         return 2
-    if args.json:
-        json.dump(to_json(outcomes), sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    else:
-        render_table(outcomes, sys.stdout)
+    try:
+        if args.json:
+            json.dump(to_json(outcomes), sys.stdout, indent=2)
+            sys.stdout.write("\n")
+        else:
+            render_table(outcomes, sys.stdout)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (`| head`): stop quietly, as Unix tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 1 if any(o.error is not None for o in outcomes) else 0
 
 
