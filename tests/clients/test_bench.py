@@ -99,3 +99,26 @@ def test_timeline_merges_a_short_tail_window() -> None:
     rows = timeline([Sample(0.5, 0.1, 2, "200"), Sample(1.9, 0.2, 2, "200")], 2.05)
     assert [(r["t_s"], r["images"]) for r in rows] == [(0.0, 2), (1.0, 2)]
     assert rows[1]["width_s"] == 1.05
+
+
+@pytest.mark.slow
+def test_bench_drives_triton_directly(
+    model_repository: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    photos: list[Path],
+) -> None:
+    from tests.support.triton import TritonServer
+
+    out = tmp_path / "triton.json"
+    with TritonServer(model_repository) as triton:
+        for protocol, address in (("grpc", triton.grpc_url), ("http", triton.http_url)):
+            code = main(["--triton", address, "--triton-protocol", protocol,
+                         "--model-repository", str(model_repository),
+                         "--images", str(photos[0].parent), "--requests", "8",
+                         "--batch-files", "2", "--concurrency", "2", "--quiet",
+                         "--out", str(out)])
+            assert code == 0, capsys.readouterr().err
+            summary = json.loads(out.read_text())
+            _check_sane(summary)
+            assert summary["status_counts"] == {"OK": 8}
+            assert summary["images"]["ok"] == 16
+            assert summary["config"]["target"].startswith(f"triton {protocol}://")
