@@ -7,6 +7,7 @@ them on `app.state.runtime`; on shutdown it finishes every queued image first.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -15,7 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from service.gateway.backends import Backend
 from service.gateway.errors import install_handlers
-from service.gateway.metrics import GatewayMetrics
+from service.gateway.metrics import GatewayMetrics, mark_process_dead
 from service.gateway.middleware import RequestContextMiddleware
 from service.gateway.routes import router
 from service.gateway.runtime import Runtime
@@ -59,6 +60,9 @@ def create_app(
             logger.info("shutting down: finishing %d queued images", runtime.batcher.depth)
             await runtime.close()
             app.state.runtime = None
+            # Drop this worker's live gauges (in-flight, queue depth) from the shared sum;
+            # a no-op unless PROMETHEUS_MULTIPROC_DIR is set.
+            mark_process_dead(os.getpid())
 
     app = FastAPI(
         title="ca-serve",

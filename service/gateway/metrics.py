@@ -9,6 +9,11 @@ Each `GatewayMetrics` registers into its own `CollectorRegistry` (injectable, so
 and several apps in one process never collide). When `PROMETHEUS_MULTIPROC_DIR` is set
 (several uvicorn workers), values go to that directory and `render()` aggregates all
 workers' files.
+
+A single process also exports prometheus-client's `process_*` metrics (CPU seconds,
+resident memory, open file descriptors). In multiprocess mode it cannot: those are read
+from `/proc` at scrape time by whichever worker answers, and summing or picking one
+worker's would mislead, so there the container's own metrics (cAdvisor) stand in.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
     generate_latest,
 )
 from prometheus_client import multiprocess as prom_multiprocess
@@ -90,6 +96,8 @@ class GatewayMetrics:
         self.inference_duration.labels(backend)
         for reason in BACKEND_ERROR_REASONS:
             self.backend_errors.labels(backend, reason)
+        if not multiprocess_dir():
+            ProcessCollector(registry=r)
 
     @staticmethod
     def route_label(template: str | None) -> str:
@@ -117,6 +125,8 @@ class GatewayMetrics:
 
 
 def mark_process_dead(pid: int) -> None:
-    """Drop a finished worker's live gauges (call from the process manager)."""
+    """Drop a finished worker's live gauges from the multiprocess sum (a no-op in
+    single-process mode). Each worker calls it for itself when its lifespan ends; the
+    supervisor calls it for a worker that died without getting there."""
     if multiprocess_dir():
         prom_multiprocess.mark_process_dead(pid)

@@ -2,7 +2,8 @@
 
 uvloop and httptools are used when installed. On SIGTERM uvicorn stops accepting
 connections and waits up to `graceful_shutdown_s` for in-flight requests; the app's
-lifespan then finishes whatever is still queued before the process exits.
+lifespan then finishes whatever is still queued before the process exits, with status 0
+(1 if the app's shutdown failed).
 """
 
 from __future__ import annotations
@@ -10,7 +11,10 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import signal
 import tempfile
+import threading
+from types import FrameType
 
 import uvicorn
 from fastapi import FastAPI
@@ -18,6 +22,7 @@ from uvicorn.supervisors import Multiprocess
 
 from service.gateway.app import create_app
 from service.gateway.logs import configure_logging
+from service.gateway.metrics import mark_process_dead
 from service.gateway.settings import Settings
 
 logger = logging.getLogger("ca.gateway.server")
@@ -65,10 +70,47 @@ def serve(settings: Settings) -> None:
         os.environ["CA_HOST"], os.environ["CA_PORT"] = settings.host, str(settings.port)
     config = uvicorn_config(settings)
     if settings.workers > 1:
-        Multiprocess(config, sockets=[config.bind_socket()]).run()
+        _Supervisor(config, sockets=[config.bind_socket()]).run()
     else:
-        uvicorn.Server(config).run()
+        _run_until_terminated(uvicorn.Server(config))
     logger.info("gateway stopped")
+
+
+def _run_until_terminated(server: uvicorn.Server) -> None:
+    """Run `server`; after a SIGTERM and a clean graceful shutdown, return normally.
+
+    uvicorn catches SIGTERM, drains, then restores the handler it found and raises the
+    signal again for it; with the default handler the process then dies by the signal
+    (status -15) although nothing went wrong. The handler installed here only asks the
+    server to exit, which once it has stopped is a no-op. Raises `SystemExit(1)` when the
+    app's lifespan shutdown failed.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        server.run()  # no signal handling off the main thread (uvicorn's rule too)
+        return
+
+    def request_exit(signum: int, frame: FrameType | None) -> None:
+        server.should_exit = True
+
+    previous = signal.signal(signal.SIGTERM, request_exit)
+    try:
+        server.run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if getattr(getattr(server, "lifespan", None), "shutdown_failed", False):
+        raise SystemExit(1)
+
+
+class _Supervisor(Multiprocess):
+    """uvicorn's worker supervisor; a worker that died and was replaced has its live
+    gauges dropped from the metrics sum (it never reached its own lifespan end)."""
+
+    def keep_subprocess_alive(self) -> None:
+        before = {process.pid for process in self.processes}
+        super().keep_subprocess_alive()
+        for pid in before - {process.pid for process in self.processes}:
+            if pid is not None:
+                mark_process_dead(pid)
 
 
 def main() -> None:  # pragma: no cover - `python -m service.gateway.server`
