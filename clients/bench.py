@@ -256,8 +256,7 @@ def _make_target(args: argparse.Namespace, images: list[bytes]) -> Target:
     from clients.bench_triton import TritonTarget, load_spec, preprocessed_batches
     from service.gateway.settings import Settings
 
-    no_overrides: dict[str, Any] = {}
-    settings = Settings(**no_overrides)  # CA_* environment variables, as the gateway reads
+    settings = Settings()  # CA_* environment variables, as the gateway reads them
     address = args.triton.split("://", 1)[-1]
     if not args.allow_remote:
         check_loopback(address.rsplit(":", 1)[0])
