@@ -59,6 +59,14 @@ class MethodNotAllowed(GatewayError):
     code = "method_not_allowed"
 
 
+class BodyTimeout(GatewayError):
+    """The request body did not arrive within `body_timeout_s` (a stalled or trickling
+    upload would otherwise hold its connection and task indefinitely)."""
+
+    status = 408
+    code = "body_timeout"
+
+
 class PayloadTooLarge(GatewayError):
     """The request body is larger than `max_upload_bytes`."""
 

@@ -72,7 +72,7 @@ _CLASSIFY_BODY: dict[str, Any] = {
     "/classify",
     response_model=ClassifyResponse,
     summary="Classify one or more images",
-    responses=_errors(400, 401, 413, 415, 422, 503, 504),
+    responses=_errors(400, 401, 408, 413, 415, 422, 503, 504),
     openapi_extra=_CLASSIFY_BODY,
 )
 async def classify(
@@ -91,7 +91,9 @@ async def classify(
         )
     content_type = request.headers.get("content-type", "")
     kind = request_kind(content_type)
-    body = await read_body(request, settings.max_upload_bytes)
+    body = await read_body(
+        request, settings.max_upload_bytes, timeout_s=settings.body_timeout_s
+    )
     if kind == "raw":
         uploads = [Upload(body, None, media_type(content_type))]
     else:

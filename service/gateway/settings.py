@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(default=40_000_000, ge=1)
     max_files: int = Field(default=16, ge=1)
+    body_timeout_s: float = Field(
+        default=60.0, gt=0.0, description="How long a client may take to send its body; then 408"
+    )
 
     # Security.
     api_keys: Annotated[tuple[str, ...], NoDecode] = ()

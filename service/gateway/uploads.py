@@ -9,6 +9,7 @@ streaming parser so binary parts are never decoded as text.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -22,6 +23,7 @@ from starlette.requests import Request
 
 from service.gateway.errors import (
     BadRequest,
+    BodyTimeout,
     InvalidParameter,
     PayloadTooLarge,
     TooManyFiles,
@@ -63,8 +65,9 @@ def request_kind(content_type: str | None) -> Literal["raw", "multipart"]:
     )
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, or `PayloadTooLarge` (413) as soon as it exceeds `limit` bytes."""
+async def read_body(request: Request, limit: int, *, timeout_s: float) -> bytes:
+    """The whole body, or `PayloadTooLarge` (413) as soon as it exceeds `limit` bytes, or
+    `BodyTimeout` (408) when it has not all arrived `timeout_s` after the headers."""
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -75,11 +78,17 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise PayloadTooLarge(f"body is {size} bytes; the limit is {limit}")
     chunks: list[bytes] = []
     total = 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > limit:
-            raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                total += len(chunk)
+                if total > limit:
+                    raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise BodyTimeout(
+            f"the body did not arrive within {timeout_s:g} s ({total} bytes received)"
+        ) from None
     return b"".join(chunks)
 
 
