@@ -1,0 +1,85 @@
+"""What every benchmark shares: one checkpoint, the model repository built from it, the
+photos, and the machine's description.
+
+The checkpoint is the repository writer's seeded random network (seed 0) saved once as a
+state_dict; the gateway's ONNX model, the TorchScript model TorchServe serves and the
+plain FastAPI peer's eager network are all built from that one file, so every service
+computes the same function.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmarks import photos
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK = ROOT / "benchmarks" / "results" / "tmp"
+VENV_BIN = Path(sys.executable).parent
+ONNX_MODEL_NAME = "ca_mobilenetv2_onnx"
+TORCHSCRIPT_MODEL_NAME = "ca_mobilenetv2"
+
+
+@dataclass(frozen=True)
+class Assets:
+    weights: Path
+    repository: Path
+    web: Path
+    phone: Path
+
+    @property
+    def onnx(self) -> Path:
+        return self.repository / ONNX_MODEL_NAME / "1" / "model.onnx"
+
+    @property
+    def torchscript(self) -> Path:
+        return self.repository / TORCHSCRIPT_MODEL_NAME / "1" / "model.pt"
+
+
+def ensure(work: Path = WORK) -> Assets:
+    """Build whatever is missing (checkpoint ~1 s, repository ~1-2 min, photos ~20 s)."""
+    work.mkdir(parents=True, exist_ok=True)
+    weights = work / "weights.pt"
+    if not weights.is_file():
+        code = (
+            "import torch, sys\n"
+            "from service.model.repository import random_network\n"
+            "torch.save(random_network().state_dict(), sys.argv[1])\n"
+        )
+        subprocess.run([sys.executable, "-c", code, str(weights)], check=True, cwd=ROOT)
+    repository = work / "repo"
+    assets_dirs = photos.write_sets(work / "photos")
+    assets = Assets(weights, repository, assets_dirs["web"], assets_dirs["phone"])
+    if not (assets.onnx.is_file() and assets.torchscript.is_file()):
+        subprocess.run(
+            [str(VENV_BIN / "ca-serve"), "build-repo", "--weights", str(weights),
+             "--target", "gpu", "--output", str(repository)],
+            check=True, cwd=ROOT,
+        )
+    return assets
+
+
+def machine() -> str:
+    """One line: CPU model, cores this process may use, memory, Python and OS."""
+    model = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0))
+    memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return (f"{model}, {cores} cores, {memory_gib:.0f} GiB, Python "
+            f"{platform.python_version()}, {platform.system()} {platform.release()}")
+
+
+def load_average() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.2f} {five:.2f} {fifteen:.2f}"

@@ -1,0 +1,174 @@
+"""The ceiling: what two cores can do with this model and these photos, in-process.
+
+1. ONNX Runtime (the gateway's session options) images/s at batch 1..32, with 1 and
+   with `cores` intra-op threads; core-ms per image = batch wall time x threads / batch.
+2. Preprocessing one photo on one thread: the gateway's `service.gateway.preprocess`
+   (JPEG `draft`), and a plain Pillow decode + EXIF transpose + RGB + resize + crop (what
+   the peers and tutorials do), for the web-size and the phone-size set.
+3. The derived end-to-end ceiling on `cores` cores when preprocessing and inference share
+   them perfectly: cores x 1000 / (best ORT core-ms per image + preprocess ms per image).
+
+Run: `.venv/bin/python -m benchmarks.ceiling [--out ceiling.json] [--quick]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import PIL
+from numpy.typing import NDArray
+from PIL import Image, ImageOps
+
+from benchmarks import assets as assets_mod
+from benchmarks import photos
+from service.gateway.preprocess import preprocess
+from service.spec import ModelSpec
+
+BATCHES = (1, 2, 4, 8, 16, 32)
+
+
+def session(model: Path, threads: int) -> ort.InferenceSession:
+    """A session configured exactly as the gateway's embedded backend configures its own."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+
+
+def timed(fn: Callable[[], object], *, min_s: float, min_runs: int, max_runs: int) -> list[float]:
+    """Wall seconds of each call: at least `min_runs` and `min_s` in total, at most `max_runs`."""
+    fn()  # warm-up
+    times: list[float] = []
+    started = time.perf_counter()
+    while len(times) < max_runs and (
+        len(times) < min_runs or time.perf_counter() - started < min_s
+    ):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def onnx_points(model: Path, spec: ModelSpec, threads: int, min_s: float) -> list[dict[str, Any]]:
+    sess = session(model, threads)
+    rng = np.random.default_rng(0)
+    points = []
+    for batch in BATCHES:
+        images = rng.integers(0, 256, size=(batch, *spec.input_shape), dtype=np.uint8)
+        feed = {spec.input_name: images}
+
+        def run(feed: dict[str, NDArray[np.uint8]] = feed) -> object:
+            return sess.run([spec.output_name], feed)
+
+        times = timed(run, min_s=min_s, min_runs=5, max_runs=500)
+        median = statistics.median(times)
+        points.append({
+            "batch": batch, "threads": threads, "runs": len(times),
+            "batch_ms": round(median * 1000, 2),
+            "images_per_s": round(batch / median, 1),
+            "core_ms_per_image": round(median * 1000 * threads / batch, 2),
+        })
+        print(f"  ORT threads={threads} batch={batch:>2}: {batch / median:7.1f} images/s  "
+              f"{median * 1000:7.2f} ms/batch  "
+              f"{median * 1000 * threads / batch:6.2f} core-ms/image",
+              flush=True)
+    return points
+
+
+def plain_preprocess(data: bytes, spec: ModelSpec) -> NDArray[np.uint8]:
+    """Pillow as tutorials use it: full-size decode, EXIF transpose, RGB, resize, crop."""
+    image = ImageOps.exif_transpose(Image.open(io.BytesIO(data)))
+    assert image is not None
+    image = image.convert("RGB")
+    width, height = image.size
+    scale = spec.resize_shorter / min(width, height)
+    size = (max(1, int(width * scale)), max(1, int(height * scale)))
+    image = image.resize(size, Image.Resampling.BILINEAR)
+    left = round((size[0] - spec.input_size) / 2)
+    top = round((size[1] - spec.input_size) / 2)
+    image = image.crop((left, top, left + spec.input_size, top + spec.input_size))
+    return np.asarray(image, dtype=np.uint8)
+
+
+def preprocess_points(photo_sets: dict[str, list[bytes]], spec: ModelSpec,
+                      min_s: float) -> dict[str, dict[str, float]]:
+    """Median ms per photo on one thread, per set and per path."""
+    paths: dict[str, Callable[[bytes], NDArray[np.uint8]]] = {
+        "gateway_draft": lambda data: preprocess(data, spec, max_image_pixels=40_000_000),
+        "plain_pillow": lambda data: plain_preprocess(data, spec),
+    }
+    results: dict[str, dict[str, float]] = {}
+    for set_name, images in photo_sets.items():
+        results[set_name] = {}
+        for path_name, fn in paths.items():
+            per_photo = []
+            for data in images:
+                def one(data: bytes = data, fn: Callable[[bytes], Any] = fn) -> object:
+                    return fn(data)
+
+                per_photo.append(statistics.median(
+                    timed(one, min_s=min_s / len(images), min_runs=3, max_runs=200)))
+            ms = statistics.mean(per_photo) * 1000
+            results[set_name][path_name] = round(ms, 2)
+            print(f"  preprocess {set_name:>5} {path_name:>13}: {ms:7.2f} ms/photo", flush=True)
+    return results
+
+
+def derive(onnx: list[dict[str, Any]], pre: dict[str, dict[str, float]],
+           cores: int) -> dict[str, Any]:
+    best = min(onnx, key=lambda p: p["core_ms_per_image"])
+    ceilings: dict[str, Any] = {"cores": cores, "ort_best": best}
+    for set_name, paths in pre.items():
+        for path_name, pre_ms in paths.items():
+            total = best["core_ms_per_image"] + pre_ms
+            ceilings[f"{set_name}_{path_name}"] = {
+                "core_ms_per_image": round(total, 2),
+                "images_per_s": round(cores * 1000 / total, 1),
+            }
+    return ceilings
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    found = assets_mod.ensure()
+    spec = ModelSpec.load(found.repository / assets_mod.ONNX_MODEL_NAME)
+    cores = len(os.sched_getaffinity(0))
+    min_s = 0.6 if quick else 2.0
+    print(f"ceiling on {assets_mod.machine()} (load {assets_mod.load_average()})", flush=True)
+    onnx = onnx_points(found.onnx, spec, 1, min_s)
+    if cores > 1:
+        onnx += onnx_points(found.onnx, spec, cores, min_s)
+    sets = {"web": photos.read_set(found.web), "phone": photos.read_set(found.phone)}
+    pre = preprocess_points(sets, spec, min_s)
+    derived = derive(onnx, pre, cores)
+    for key, value in derived.items():
+        if isinstance(value, dict) and "images_per_s" in value and key != "ort_best":
+            print(f"  ceiling {key:>20}: {value['images_per_s']:6.1f} images/s on {cores} cores "
+                  f"({value['core_ms_per_image']:.2f} core-ms/image)")
+    return {"machine": assets_mod.machine(), "onnxruntime": ort.__version__,
+            "pillow": PIL.__version__, "onnx": onnx, "preprocess_ms": pre, "ceiling": derived}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, help="write the numbers as JSON")
+    parser.add_argument("--quick", action="store_true", help="shorter timing loops")
+    args = parser.parse_args()
+    result = run(args.quick)
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

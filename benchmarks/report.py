@@ -1,0 +1,175 @@
+"""Turn one `run_all` result into Markdown (tables, goals with their ratios) and a PNG."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+SERVICES = ("gateway", "torchserve", "plain_fastapi")
+TITLES = {"gateway": "gateway", "torchserve": "TorchServe", "plain_fastapi": "plain FastAPI"}
+
+
+def _point(result: dict[str, Any], service: str, photos: str, c: int) -> dict[str, Any] | None:
+    for point in result["points"]:
+        if (point["service"], point["photos"], point["concurrency"]) == (service, photos, c):
+            summary: dict[str, Any] = point["summary"]
+            return summary
+    return None
+
+
+def _rps(summary: dict[str, Any] | None) -> float:
+    return float(summary["throughput"]["requests_per_s"]) if summary else math.nan
+
+
+def _lat(summary: dict[str, Any] | None, key: str) -> float:
+    if not summary or not summary["latency_ms"]:
+        return math.nan
+    return float(summary["latency_ms"][key])
+
+
+def _f(value: float, digits: int = 1) -> str:
+    return "–" if math.isnan(value) else f"{value:.{digits}f}"
+
+
+def goals(result: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
+    """(goal, measured, met) rows; met is None where a number is missing."""
+    ceil = result["ceiling"]["ceiling"]
+    web_ceiling = ceil["web_plain_pillow"]["images_per_s"]
+    phone_ceiling = ceil["phone_gateway_draft"]["images_per_s"]
+
+    def p(service: str, photos: str, c: int) -> dict[str, Any] | None:
+        return _point(result, service, photos, c)
+
+    rows: list[tuple[str, str, bool | None]] = []
+
+    def add(goal: str, value: float, limit: float, text: str, above: bool = True) -> None:
+        met = None if math.isnan(value) else (value >= limit if above else value < limit)
+        rows.append((goal, text, met))
+
+    gw32 = _rps(p("gateway", "web", 32))
+    add("web c=32 >= 90% of the 2-core ceiling", gw32 / web_ceiling, 0.9,
+        f"{gw32:.1f} / {web_ceiling:.1f} = {gw32 / web_ceiling:.0%}")
+    ts32, pf32 = _rps(p("torchserve", "web", 32)), _rps(p("plain_fastapi", "web", 32))
+    add("web c=32 >= 1.5x TorchServe", gw32 / ts32, 1.5, f"{gw32 / ts32:.2f}x")
+    add("web c=32 >= 3.5x plain FastAPI", gw32 / pf32, 3.5, f"{gw32 / pf32:.2f}x")
+    gw8, ts8 = p("gateway", "web", 8), p("torchserve", "web", 8)
+    add("web c=8 >= 2x TorchServe throughput", _rps(gw8) / _rps(ts8), 2.0,
+        f"{_rps(gw8) / _rps(ts8):.2f}x")
+    add("web c=8 p99 < half TorchServe's", _lat(gw8, "p99") / _lat(ts8, "p99"), 0.5,
+        f"{_lat(gw8, 'p99'):.0f} ms vs {_lat(ts8, 'p99'):.0f} ms "
+        f"({_lat(gw8, 'p99') / _lat(ts8, 'p99'):.2f})", above=False)
+    p50 = _lat(p("gateway", "web", 1), "p50")
+    add("web c=1 p50 < 15 ms", p50, 15.0, f"{p50:.1f} ms", above=False)
+    ph8 = _rps(p("gateway", "phone", 8))
+    add("phone c=8 >= 85% of the phone ceiling", ph8 / phone_ceiling, 0.85,
+        f"{ph8:.1f} / {phone_ceiling:.1f} = {ph8 / phone_ceiling:.0%}")
+    memory = result.get("memory") or {}
+    keys = sorted((k for k in memory if k.startswith("after_")),
+                  key=lambda k: int(k.split("_")[1]))
+    if len(keys) == 2:
+        growth = memory[keys[1]] - memory[keys[0]]
+        add(f"RSS growth {keys[0][6:-3]} -> {keys[1][6:-3]} requests < 50 MB", growth, 50.0,
+            f"{memory[keys[0]]:.0f} -> {memory[keys[1]]:.0f} MB (+{growth:.0f})", above=False)
+    rss = result.get("rss_mb", {})
+    if "torchserve" in rss and "gateway" in rss:
+        add("gateway RSS < TorchServe RSS", rss["gateway"], rss["torchserve"],
+            f"{rss['gateway']:.0f} MB vs {rss['torchserve']:.0f} MB", above=False)
+    return rows
+
+
+def markdown(result: dict[str, Any], plot_name: str) -> str:
+    ceil = result["ceiling"]
+    services = [s for s in SERVICES if any(p["service"] == s for p in result["points"])]
+    lines = [
+        f"# ca-serve benchmark, {result['date']}",
+        "",
+        f"- machine: {result['machine']} (shared with other work: absolute numbers are noisy, "
+        f"ratios within this run hold better; load average at the end "
+        f"{result['load_average_end']})",
+        f"- model: CA-MobileNetV2, the same seeded checkpoint for every service; "
+        f"ONNX Runtime {ceil['onnxruntime']}, Pillow {ceil['pillow']}",
+        f"- load: `ca-serve bench` closed loop on loopback, {result['duration_s']:g} s per point "
+        f"after a warm-up of `concurrency` requests; one image per request (raw JPEG body); "
+        f"the load generator shares the 2 cores",
+        f"- gateway settings: {result['gateway_env'] or 'defaults'}"
+        + (f"; TorchServe: {result['torchserve_config']}" if result["torchserve_config"] else ""),
+    ]
+    if result.get("label"):
+        lines.append(f"- note: {result['label']}")
+    lines += [f"- {note}" for note in result.get("notes", [])]
+    lines += ["", "## HTTP, requests/s (p50 / p99 ms)", ""]
+    header = "| photos | concurrency | " + " | ".join(TITLES[s] for s in services) + " |"
+    lines += [header, "|" + " --- |" * (2 + len(services))]
+    for photos in ("web", "phone"):
+        for c in (1, 8, 32):
+            cells = []
+            for service in services:
+                s = _point(result, service, photos, c)
+                cells.append(f"**{_f(_rps(s))}** ({_f(_lat(s, 'p50'), 0)} / "
+                             f"{_f(_lat(s, 'p99'), 0)})" if s else "–")
+            lines.append(f"| {photos} | {c} | " + " | ".join(cells) + " |")
+    derived = ceil["ceiling"]
+    best = derived["ort_best"]
+    lines += ["", "## Ceiling (in-process, same run)", "",
+              "| what | value |", "| --- | --- |"]
+    for point in ceil["onnx"]:
+        lines.append(f"| ORT batch {point['batch']}, {point['threads']} thread(s) | "
+                     f"{point['images_per_s']} images/s ({point['core_ms_per_image']} "
+                     f"core-ms/image) |")
+    for photos, paths in ceil["preprocess_ms"].items():
+        for path, ms in paths.items():
+            lines.append(f"| preprocess {photos}, {path.replace('_', ' ')} | {ms} ms/photo |")
+    lines.append(f"| best ORT cost | {best['core_ms_per_image']} core-ms/image "
+                 f"(batch {best['batch']}, {best['threads']} thread(s)) |")
+    for key in ("web_plain_pillow", "web_gateway_draft", "phone_gateway_draft",
+                "phone_plain_pillow"):
+        lines.append(f"| 2-core ceiling, {key.replace('_', ' ')} | "
+                     f"{derived[key]['images_per_s']} images/s |")
+    lines += ["", "## Goals (issue 7)", "", "| goal | measured | met |", "| --- | --- | --- |"]
+    for goal, text, met in goals(result):
+        mark = "–" if met is None else ("yes" if met else "**no**")
+        lines.append(f"| {goal} | {text} | {mark} |")
+    if result.get("rss_mb"):
+        lines += ["", "RSS after the load points (MB, whole process group): " + ", ".join(
+            f"{TITLES.get(k, k)} {v:.0f}" for k, v in result["rss_mb"].items())]
+    if result.get("memory"):
+        lines.append("Fresh gateway memory run (MB): " + ", ".join(
+            f"{k.removesuffix('_mb')} {v:.0f}" for k, v in result["memory"].items()))
+    lines += ["", f"![throughput and p99]({plot_name})", ""]
+    return "\n".join(lines)
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    """Two panels per photo set: requests/s and p99 by concurrency, one bar per service."""
+    services = [s for s in SERVICES if any(p["service"] == s for p in result["points"])]
+    figure = Figure(figsize=(12, 7), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(2, 2)
+    colours = {"gateway": "#2a9d8f", "torchserve": "#e9c46a", "plain_fastapi": "#e76f51"}
+    width = 0.8 / max(1, len(services))
+    ceil = result["ceiling"]["ceiling"]
+    for column, photos in enumerate(("web", "phone")):
+        for row, (metric, label) in enumerate((("rps", "requests/s"), ("p99", "p99 latency (ms)"))):
+            ax = axes[row][column]
+            for i, service in enumerate(services):
+                values = []
+                for c in (1, 8, 32):
+                    s = _point(result, service, photos, c)
+                    values.append(_rps(s) if metric == "rps" else _lat(s, "p99"))
+                xs = [x + i * width for x in range(3)]
+                ax.bar(xs, values, width, label=TITLES[service], color=colours[service])
+            ax.set_xticks([x + width * (len(services) - 1) / 2 for x in range(3)],
+                          ["c=1", "c=8", "c=32"])
+            ax.set(title=f"{photos} photos: {label}", ylabel=label)
+            if metric == "rps":
+                key = "web_plain_pillow" if photos == "web" else "phone_gateway_draft"
+                ax.axhline(ceil[key]["images_per_s"], color="#264653", linestyle="--",
+                           label="2-core ceiling")
+            ax.grid(axis="y", alpha=0.3)
+            ax.legend(loc="best", fontsize=8)
+    figure.suptitle(f"ca-serve vs peers, {result['date']} ({result['machine']})", fontsize=10)
+    figure.savefig(path, dpi=80)
