@@ -9,7 +9,10 @@ it is still pending, so a caller that went away never disturbs its batch-mates.
 
 The queue is bounded (`QueueFullError` at once rather than waiting without bound), each
 submission may carry a timeout (`TimeoutError`), and `close()` stops intake, finishes
-what is queued and then stops the worker.
+what is queued and then stops the worker. A submission may also carry a wait budget: when
+the queue ahead of it would take longer than that to drain (judged from the recent time
+per item of successful batches), it is refused at once with `QueueFullError` instead of
+being queued only to time out.
 
 Imports asyncio and typing only: no HTTP, no model, no metrics.
 """
@@ -22,6 +25,11 @@ from typing import Generic, TypeVar
 
 In = TypeVar("In")
 Out = TypeVar("Out")
+
+
+# Admit against a budget only what the estimate says finishes within this share of it: the
+# estimate is a moving average, and batch times vary with their size and CPU contention.
+ADMISSION_HEADROOM = 0.75
 
 
 class QueueFullError(Exception):
@@ -74,6 +82,9 @@ class MicroBatcher(Generic[In, Out]):
         self._running: set[asyncio.Task[None]] = set()
         self._worker: asyncio.Task[None] | None = None
         self._closing = False
+        self._concurrency = max_concurrent_batches
+        self._item_s = 0.0  # moving average of batch run time per item (successes only)
+        self._taken = 0  # items out of the queue, not yet answered (batches run or waiting)
 
     @property
     def depth(self) -> int:
@@ -84,6 +95,23 @@ class MicroBatcher(Generic[In, Out]):
     def closed(self) -> bool:
         return self._closing
 
+    def expected_wait_s(self, items: int = 1) -> float:
+        """Roughly how long until `items` more items would have their outputs: the batches
+        taken from the queue (running or waiting for a slot), everything queued, and them,
+        at the recent per-item run time of successful batches (0 before the first)."""
+        ahead = self._taken + self.depth + items
+        return ahead * self._item_s / self._concurrency
+
+    def would_shed(self, budget_s: float | None, items: int = 1) -> bool:
+        """Whether `submit` would refuse `items` more with this wait budget: the queue is
+        full, or it is not empty and would not drain within `budget_s`. An empty queue
+        always admits, so a stale estimate can never shed every request."""
+        if self.depth + items > self._queue.maxsize:
+            return True
+        if budget_s is None or self.depth == 0:
+            return False
+        return self.expected_wait_s(items) > ADMISSION_HEADROOM * budget_s
+
     def start(self) -> None:
         """Start the worker task on the running loop (idempotent)."""
         if self._worker is None:
@@ -91,15 +119,23 @@ class MicroBatcher(Generic[In, Out]):
                 self._work(), name="micro-batcher"
             )
 
-    async def submit(self, item: In, timeout_s: float | None = None) -> Out:
+    async def submit(
+        self, item: In, timeout_s: float | None = None, *, budget_s: float | None = None
+    ) -> Out:
         """Queue `item` and wait for its output.
 
-        Raises `QueueFullError` at once when the queue is full, `BatcherClosedError` after
-        `close()` began, `TimeoutError` when `timeout_s` (default: the batcher's) passes
-        first, and whatever `fn` raised for the batch the item was in.
+        Raises `QueueFullError` at once when the queue is full or, given `budget_s`, when
+        the queue would not drain within it (see `would_shed`); `BatcherClosedError` after
+        `close()` began; `TimeoutError` when `timeout_s` (default: the batcher's) passes
+        first; and whatever `fn` raised for the batch the item was in.
         """
         if self._closing or self._worker is None:
             raise BatcherClosedError("the batcher is not running")
+        if budget_s is not None and self.would_shed(budget_s):
+            raise QueueFullError(
+                f"{self.depth} queued would take ~{self.expected_wait_s():.2f} s; "
+                f"the budget is {budget_s:.2f} s"
+            )
         future: asyncio.Future[Out] = asyncio.get_running_loop().create_future()
         try:
             self._queue.put_nowait(_Pending(item, future))
@@ -130,6 +166,7 @@ class MicroBatcher(Generic[In, Out]):
             live = [pending for pending in batch if not pending.future.done()]
             if not live:
                 continue
+            self._taken += len(live)
             await self._slots.acquire()
             task = asyncio.get_running_loop().create_task(self._run(live))
             self._running.add(task)
@@ -157,6 +194,8 @@ class MicroBatcher(Generic[In, Out]):
         return batch
 
     async def _run(self, batch: list[_Pending[In, Out]]) -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         try:
             try:
                 outputs = await self._fn([pending.item for pending in batch])
@@ -169,8 +208,11 @@ class MicroBatcher(Generic[In, Out]):
                     if not pending.future.done():
                         pending.future.set_exception(exc)
                 return
+            per_item = (loop.time() - started) / len(batch)
+            self._item_s = per_item if not self._item_s else 0.8 * self._item_s + 0.2 * per_item
             for pending, output in zip(batch, outputs, strict=True):
                 if not pending.future.done():
                     pending.future.set_result(output)
         finally:
+            self._taken -= len(batch)
             self._slots.release()

@@ -120,12 +120,24 @@ class Runtime:
                 f"backend not ready: {self.backend.status()}", retry_after_s=self._retry_after
             )
         timeout = self.settings.request_timeout_s
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        # Shed before spending CPU on decoding when the queue cannot serve us in time.
+        if self.batcher.would_shed(timeout, len(uploads)):
+            raise self._overloaded()
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout_at(deadline):
                 images = await self._preprocess_all(uploads)
-                return await self._infer_all(images, k)
+                return await self._infer_all(images, k, deadline)
         except TimeoutError:
             raise RequestTimeout(f"no answer within {timeout} s") from None
+
+    def _overloaded(self) -> Overloaded:
+        return Overloaded(
+            f"too many images queued to answer within {self.settings.request_timeout_s:g} s "
+            f"(at most {self.settings.max_queue}); retry shortly",
+            retry_after_s=self._retry_after,
+        )
 
     @property
     def _retry_after(self) -> int:
@@ -155,10 +167,14 @@ class Runtime:
             images.append(result)
         return images
 
-    async def _infer_all(self, images: list[NDArray[np.uint8]], k: int) -> list[Ranking]:
+    async def _infer_all(
+        self, images: list[NDArray[np.uint8]], k: int, deadline: float
+    ) -> list[Ranking]:
         enqueued_at = time.perf_counter()
+        budget = deadline - asyncio.get_running_loop().time()
         tasks = [
-            asyncio.ensure_future(self._submit(_Item(image, k, enqueued_at))) for image in images
+            asyncio.ensure_future(self._submit(_Item(image, k, enqueued_at), budget))
+            for image in images
         ]
         try:
             return list(await asyncio.gather(*tasks))
@@ -167,14 +183,11 @@ class Runtime:
                 task.cancel()
             raise
 
-    async def _submit(self, item: _Item) -> Ranking:
+    async def _submit(self, item: _Item, budget_s: float) -> Ranking:
         try:
-            return await self.batcher.submit(item)
+            return await self.batcher.submit(item, budget_s=budget_s)
         except QueueFullError:
-            raise Overloaded(
-                f"too many images queued ({self.settings.max_queue}); retry shortly",
-                retry_after_s=self._retry_after,
-            ) from None
+            raise self._overloaded() from None
         except BatcherClosedError:
             raise ShuttingDown(
                 "the gateway is shutting down", retry_after_s=self._retry_after

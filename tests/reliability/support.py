@@ -38,7 +38,9 @@ def peak_rss_mib(pid: int) -> float:
 
 
 # -- images ----------------------------------------------------------------------------
-def png_bytes(size: tuple[int, int] = (96, 64), color: tuple[int, int, int] = (30, 90, 200)) -> bytes:
+def png_bytes(
+    size: tuple[int, int] = (96, 64), color: tuple[int, int, int] = (30, 90, 200)
+) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", size, color).save(buffer, "PNG")
     return buffer.getvalue()
@@ -99,7 +101,9 @@ def animated_gif(frames: int, size: tuple[int, int] = (64, 64)) -> bytes:
     return buffer.getvalue()
 
 
-def multipart_body(parts: Iterable[tuple[str, bytes, str]], boundary: str = "rel-boundary") -> bytes:
+def multipart_body(
+    parts: Iterable[tuple[str, bytes, str]], boundary: str = "rel-boundary"
+) -> bytes:
     """`(field name, data, content type)` parts as a multipart/form-data body."""
     out = io.BytesIO()
     for number, (name, data, ctype) in enumerate(parts):

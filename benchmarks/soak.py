@@ -1,0 +1,251 @@
+"""Soak and overload traffic for the gateway: open-loop requests at a fixed rate.
+
+    python -m benchmarks.soak --repository build/model_repository_cpu --minutes 30
+    python -m benchmarks.soak --url http://127.0.0.1:8000 --minutes 30 --load 0.7
+    python -m benchmarks.soak --repository ... --minutes 0.5 --load 3   # overload
+
+It first measures the gateway's capacity (closed loop, 8 clients, web-size JPEGs), then
+offers `--load` times that rate as an open loop (requests are sent on schedule whether or
+not earlier ones have answered, as independent users do) and prints one row per
+`--window-s`: offered and answered counts, 503s, other failures, p50/p99 latency of the
+200s, and the gateway's resident memory (`process_resident_memory_bytes` from /metrics).
+Without `--url` it starts a single-process embedded gateway on `--repository` and stops
+it at the end. Loopback only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+from PIL import Image
+
+PHOTOS = Path("/work/shared/testdata/images")
+_RSS = re.compile(r"^process_resident_memory_bytes (\S+)$", re.M)
+
+
+@dataclass(frozen=True)
+class Sample:
+    sent_at: float  # seconds since the run started
+    status: int  # 0: no HTTP answer (connection refused, reset, client timeout)
+    latency_s: float
+    code: str  # the error code of a non-200 answer, "" otherwise
+    retry_after: str | None
+
+
+def web_photos(source: Path = PHOTOS, size: tuple[int, int] = (500, 375)) -> list[bytes]:
+    """Each test photo as a `size` JPEG (q90): what a web client typically uploads."""
+    out = []
+    for path in sorted(p for p in source.iterdir() if p.suffix.lower() in {".jpg", ".png"}):
+        with Image.open(path) as image:
+            buffer = io.BytesIO()
+            image.convert("RGB").resize(size).save(buffer, "JPEG", quality=90)
+            out.append(buffer.getvalue())
+    return out
+
+
+async def _one(session: aiohttp.ClientSession, url: str, data: bytes, started: float) -> Sample:
+    sent = time.perf_counter()
+    try:
+        async with session.post(
+            url + "/classify", data=data, headers={"Content-Type": "image/jpeg"}
+        ) as response:
+            body = await response.read()
+            status, retry_after = response.status, response.headers.get("Retry-After")
+    except (aiohttp.ClientError, TimeoutError):
+        return Sample(sent - started, 0, time.perf_counter() - sent, "no_answer", None)
+    latency = time.perf_counter() - sent
+    code = ""
+    if status != 200:
+        try:
+            code = str(json.loads(body)["error"]["code"])
+        except (ValueError, KeyError, TypeError):
+            code = "not_json"
+    return Sample(sent - started, status, latency, code, retry_after)
+
+
+def _session(timeout_s: float) -> aiohttp.ClientSession:
+    # aiohttp rather than httpx: its pool stays cheap with hundreds of open connections,
+    # so the load generator is not the bottleneck on a small machine.
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=2000),
+        timeout=aiohttp.ClientTimeout(total=timeout_s),
+    )
+
+
+async def open_loop(
+    url: str, rate: float, duration_s: float, photos: Sequence[bytes], timeout_s: float = 60.0
+) -> list[Sample]:
+    """Send `rate` requests per second for `duration_s`, on schedule; every answer."""
+    if rate <= 0 or duration_s <= 0:
+        return []
+    async with _session(timeout_s) as session:
+        started = time.perf_counter()
+        tasks: list[asyncio.Task[Sample]] = []
+        for n in range(int(rate * duration_s)):
+            delay = started + n / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            photo = photos[n % len(photos)]
+            tasks.append(asyncio.create_task(_one(session, url, photo, started)))
+        return list(await asyncio.gather(*tasks))
+
+
+async def closed_loop(
+    url: str, clients: int, duration_s: float, photos: Sequence[bytes]
+) -> list[Sample]:
+    """`clients` users each sending the next request when the last is answered."""
+    async with _session(60.0) as session:
+        started = time.perf_counter()
+
+        async def user(offset: int) -> list[Sample]:
+            out, n = [], offset
+            while time.perf_counter() - started < duration_s:
+                out.append(await _one(session, url, photos[n % len(photos)], started))
+                n += 1
+            return out
+
+        groups = await asyncio.gather(*(user(i) for i in range(clients)))
+        return [sample for group in groups for sample in group]
+
+
+def capacity(url: str, photos: Sequence[bytes], duration_s: float = 5.0) -> float:
+    """Sustained answers per second with 8 closed-loop clients (after a 1 s warm-up)."""
+    asyncio.run(closed_loop(url, 8, 1.0, photos))
+    samples = asyncio.run(closed_loop(url, 8, duration_s, photos))
+    ok = [s for s in samples if s.status == 200]
+    return len(ok) / duration_s
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The `q` quantile (0..1), nearest rank; NaN for no values."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
+
+
+def rss_mib(url: str) -> float:
+    """The gateway's resident memory from its own /metrics (single-process mode)."""
+    with urllib.request.urlopen(url + "/metrics", timeout=5) as response:
+        match = _RSS.search(response.read().decode())
+    return float(match.group(1)) / 2**20 if match else float("nan")
+
+
+@dataclass(frozen=True)
+class Row:
+    window: int
+    sent: int
+    ok: int
+    shed: int  # 503
+    failed: int  # anything else
+    p50_ms: float
+    p99_ms: float
+    rss_mib: float
+
+    def line(self) -> str:
+        return (f"{self.window:>6} {self.sent:>7} {self.ok:>7} {self.shed:>6} {self.failed:>6} "
+                f"{self.p50_ms:>8.1f} {self.p99_ms:>8.1f} {self.rss_mib:>8.1f}")
+
+
+HEADER = f"{'window':>6} {'sent':>7} {'ok':>7} {'503':>6} {'other':>6} " \
+         f"{'p50 ms':>8} {'p99 ms':>8} {'RSS MiB':>8}"
+
+
+def summarize(window: int, samples: Sequence[Sample], rss: float) -> Row:
+    ok = [s.latency_s * 1000 for s in samples if s.status == 200]
+    shed = sum(1 for s in samples if s.status == 503)
+    return Row(window, len(samples), len(ok), shed, len(samples) - len(ok) - shed,
+               statistics.median(ok) if ok else float("nan"), percentile(ok, 0.99), rss)
+
+
+def soak(
+    url: str, rate: float, minutes: float, window_s: float, photos: Sequence[bytes]
+) -> list[Row]:
+    """Open-loop traffic at `rate` for `minutes`, one row per window (printed as it ends)."""
+    rows = []
+    windows = max(1, round(minutes * 60 / window_s))
+    print(HEADER, flush=True)
+    for window in range(1, windows + 1):
+        samples = asyncio.run(open_loop(url, rate, window_s, photos))
+        rows.append(summarize(window, samples, rss_mib(url)))
+        print(rows[-1].line(), flush=True)
+    return rows
+
+
+@contextmanager
+def local_gateway(repository: Path, port: int) -> Iterator[str]:
+    """A single-process embedded gateway on 127.0.0.1:`port`, stopped (SIGTERM) after."""
+    env = {**os.environ, "CA_MODEL_REPOSITORY": str(repository), "CA_PORT": str(port),
+           "CA_HOST": "127.0.0.1", "CA_ACCESS_LOG": "false", "CA_WORKERS": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "serve"], env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(url + "/readyz", timeout=1):
+                    break
+            except OSError:
+                if process.poll() is not None:
+                    raise RuntimeError("the gateway exited during start-up") from None
+                time.sleep(0.2)
+        else:
+            raise TimeoutError("the gateway did not become ready in 120 s")
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.soak", description=__doc__)
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--url", help="a running gateway")
+    target.add_argument("--repository", type=Path, help="start an embedded gateway on this")
+    parser.add_argument("--port", type=int, default=8077)
+    parser.add_argument("--minutes", type=float, default=30.0)
+    parser.add_argument("--load", type=float, default=0.7, help="fraction of capacity")
+    parser.add_argument("--rate", type=float, default=0.0, help="requests/s (skips capacity)")
+    parser.add_argument("--window-s", type=float, default=60.0)
+    args = parser.parse_args(argv)
+    photos = web_photos()
+
+    def run(url: str) -> None:
+        rate = args.rate
+        if not rate:
+            cap = capacity(url, photos)
+            rate = args.load * cap
+            print(f"capacity {cap:.1f} req/s; offering {args.load:g}x = {rate:.1f} req/s")
+        rows = soak(url, rate, args.minutes, args.window_s, photos)
+        print(f"p99 range {min(r.p99_ms for r in rows):.1f}..{max(r.p99_ms for r in rows):.1f} "
+              f"ms, RSS range {min(r.rss_mib for r in rows):.1f}.."
+              f"{max(r.rss_mib for r in rows):.1f} MiB")
+
+    if args.url:
+        run(args.url.rstrip("/"))
+    else:
+        with local_gateway(args.repository, args.port) as url:
+            run(url)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
