@@ -9,8 +9,9 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-SERVICES = ("gateway", "torchserve", "plain_fastapi")
-TITLES = {"gateway": "gateway", "torchserve": "TorchServe", "plain_fastapi": "plain FastAPI"}
+SERVICES = ("gateway", "gateway_tuned", "torchserve", "plain_fastapi")
+TITLES = {"gateway": "gateway", "gateway_tuned": "gateway (tuned)", "torchserve": "TorchServe",
+          "plain_fastapi": "plain FastAPI"}
 
 
 def _point(result: dict[str, Any], service: str, photos: str, c: int) -> dict[str, Any] | None:
@@ -35,7 +36,8 @@ def _f(value: float, digits: int = 1) -> str:
     return "–" if math.isnan(value) else f"{value:.{digits}f}"
 
 
-def goals(result: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
+def goals(result: dict[str, Any],
+          gw: str = "gateway") -> list[tuple[str, str, bool | None]]:
     """(goal, measured, met) rows; met is None where a number is missing."""
     ceil = result["ceiling"]["ceiling"]
     web_ceiling = ceil["web_plain_pillow"]["images_per_s"]
@@ -50,24 +52,24 @@ def goals(result: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
         met = None if math.isnan(value) else (value >= limit if above else value < limit)
         rows.append((goal, text, met))
 
-    gw32 = _rps(p("gateway", "web", 32))
+    gw32 = _rps(p(gw, "web", 32))
     add("web c=32 >= 90% of the 2-core ceiling", gw32 / web_ceiling, 0.9,
         f"{gw32:.1f} / {web_ceiling:.1f} = {gw32 / web_ceiling:.0%}")
     ts32, pf32 = _rps(p("torchserve", "web", 32)), _rps(p("plain_fastapi", "web", 32))
     add("web c=32 >= 1.5x TorchServe", gw32 / ts32, 1.5, f"{gw32 / ts32:.2f}x")
     add("web c=32 >= 3.5x plain FastAPI", gw32 / pf32, 3.5, f"{gw32 / pf32:.2f}x")
-    gw8, ts8 = p("gateway", "web", 8), p("torchserve", "web", 8)
+    gw8, ts8 = p(gw, "web", 8), p("torchserve", "web", 8)
     add("web c=8 >= 2x TorchServe throughput", _rps(gw8) / _rps(ts8), 2.0,
         f"{_rps(gw8) / _rps(ts8):.2f}x")
     add("web c=8 p99 < half TorchServe's", _lat(gw8, "p99") / _lat(ts8, "p99"), 0.5,
         f"{_lat(gw8, 'p99'):.0f} ms vs {_lat(ts8, 'p99'):.0f} ms "
         f"({_lat(gw8, 'p99') / _lat(ts8, 'p99'):.2f})", above=False)
-    p50 = _lat(p("gateway", "web", 1), "p50")
+    p50 = _lat(p(gw, "web", 1), "p50")
     add("web c=1 p50 < 15 ms", p50, 15.0, f"{p50:.1f} ms", above=False)
-    ph8 = _rps(p("gateway", "phone", 8))
+    ph8 = _rps(p(gw, "phone", 8))
     add("phone c=8 >= 85% of the phone ceiling", ph8 / phone_ceiling, 0.85,
         f"{ph8:.1f} / {phone_ceiling:.1f} = {ph8 / phone_ceiling:.0%}")
-    memory = result.get("memory") or {}
+    memory = (result.get("memory") or {}) if gw == "gateway" else {}
     keys = sorted((k for k in memory if k.startswith("after_")),
                   key=lambda k: int(k.split("_")[1]))
     if len(keys) == 2:
@@ -75,9 +77,9 @@ def goals(result: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
         add(f"RSS growth {keys[0][6:-3]} -> {keys[1][6:-3]} requests < 50 MB", growth, 50.0,
             f"{memory[keys[0]]:.0f} -> {memory[keys[1]]:.0f} MB (+{growth:.0f})", above=False)
     rss = result.get("rss_mb", {})
-    if "torchserve" in rss and "gateway" in rss:
-        add("gateway RSS < TorchServe RSS", rss["gateway"], rss["torchserve"],
-            f"{rss['gateway']:.0f} MB vs {rss['torchserve']:.0f} MB", above=False)
+    if "torchserve" in rss and gw in rss:
+        add("gateway RSS < TorchServe RSS", rss[gw], rss["torchserve"],
+            f"{rss[gw]:.0f} MB vs {rss['torchserve']:.0f} MB", above=False)
     return rows
 
 
@@ -96,6 +98,7 @@ def markdown(result: dict[str, Any], plot_name: str) -> str:
         f"after a warm-up of `concurrency` requests; one image per request (raw JPEG body); "
         f"the load generator shares the 2 cores",
         f"- gateway settings: {result['gateway_env'] or 'defaults'}"
+        + (f"; gateway (tuned): {result['tuned_env']}" if result.get("tuned_env") else "")
         + (f"; TorchServe: {result['torchserve_config']}" if result["torchserve_config"] else ""),
     ]
     if result.get("label"):
@@ -129,10 +132,12 @@ def markdown(result: dict[str, Any], plot_name: str) -> str:
                 "phone_plain_pillow"):
         lines.append(f"| 2-core ceiling, {key.replace('_', ' ')} | "
                      f"{derived[key]['images_per_s']} images/s |")
-    lines += ["", "## Goals (issue 7)", "", "| goal | measured | met |", "| --- | --- | --- |"]
-    for goal, text, met in goals(result):
-        mark = "–" if met is None else ("yes" if met else "**no**")
-        lines.append(f"| {goal} | {text} | {mark} |")
+    for gw in (s for s in ("gateway", "gateway_tuned") if s in services):
+        lines += ["", f"## Goals (issue 7), {TITLES[gw]}", "",
+                  "| goal | measured | met |", "| --- | --- | --- |"]
+        for goal, text, met in goals(result, gw):
+            mark = "–" if met is None else ("yes" if met else "**no**")
+            lines.append(f"| {goal} | {text} | {mark} |")
     if result.get("rss_mb"):
         lines += ["", "RSS after the load points (MB, whole process group): " + ", ".join(
             f"{TITLES.get(k, k)} {v:.0f}" for k, v in result["rss_mb"].items())]
@@ -149,7 +154,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
     figure = Figure(figsize=(12, 7), layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.subplots(2, 2)
-    colours = {"gateway": "#2a9d8f", "torchserve": "#e9c46a", "plain_fastapi": "#e76f51"}
+    colours = {"gateway": "#2a9d8f", "gateway_tuned": "#264653", "torchserve": "#e9c46a",
+               "plain_fastapi": "#e76f51"}
     width = 0.8 / max(1, len(services))
     ceil = result["ceiling"]["ceiling"]
     for column, photos in enumerate(("web", "phone")):
@@ -167,7 +173,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
             ax.set(title=f"{photos} photos: {label}", ylabel=label)
             if metric == "rps":
                 key = "web_plain_pillow" if photos == "web" else "phone_gateway_draft"
-                ax.axhline(ceil[key]["images_per_s"], color="#264653", linestyle="--",
+                ax.axhline(ceil[key]["images_per_s"], color="#555555", linestyle="--",
                            label="2-core ceiling")
             ax.grid(axis="y", alpha=0.3)
             ax.legend(loc="best", fontsize=8)

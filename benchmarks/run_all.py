@@ -37,10 +37,11 @@ CONCURRENCY = (1, 8, 32)
 SETS = ("web", "phone")
 
 
-def gateway(found: assets_mod.Assets, env: dict[str, str], log: Path) -> Server:
+def gateway(found: assets_mod.Assets, env: dict[str, str], log: Path,
+            name: str = "gateway") -> Server:
     port = free_port()
     return Server(
-        name="gateway", url=f"http://127.0.0.1:{port}", ready_path="/readyz", log=log,
+        name=name, url=f"http://127.0.0.1:{port}", ready_path="/readyz", log=log,
         argv=[str(assets_mod.VENV_BIN / "ca-serve"), "serve", "--host", "127.0.0.1",
               "--port", str(port)],
         env={"CA_MODEL_REPOSITORY": str(found.repository), **env},
@@ -103,6 +104,8 @@ def main() -> None:
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--gateway-env", action="append", default=[], metavar="CA_X=V",
                         help="settings for the gateway under test (repeatable)")
+    parser.add_argument("--tuned-env", action="append", default=[], metavar="CA_X=V",
+                        help="also run a second gateway, 'gateway_tuned', with these settings")
     parser.add_argument("--label", default="", help="a note for the results file")
     args = parser.parse_args()
     duration = args.duration / 2 if args.quick else args.duration
@@ -116,6 +119,9 @@ def main() -> None:
     ceiling_result = ceiling.run(quick=args.quick)
 
     servers = [gateway(found, env, work / "gateway.log")]
+    tuned = dict(item.split("=", 1) for item in args.tuned_env)
+    if tuned:
+        servers.append(gateway(found, tuned, work / "gateway_tuned.log", "gateway_tuned"))
     notes: list[str] = []
     if not args.skip_peers:
         servers.append(plain_fastapi(found, work / "plain_fastapi.log"))
@@ -153,7 +159,7 @@ def main() -> None:
     result = {
         "date": started.isoformat(timespec="seconds"), "machine": assets_mod.machine(),
         "load_average_end": assets_mod.load_average(), "duration_s": duration,
-        "gateway_env": env, "label": args.label, "notes": notes,
+        "gateway_env": env, "tuned_env": tuned, "label": args.label, "notes": notes,
         "torchserve_config": next((s.name for s in servers if s.name.startswith("torchserve")),
                                   None),
         "ceiling": ceiling_result, "points": points, "rss_mb": rss, "memory": memory,
