@@ -10,6 +10,7 @@ from functools import cache
 from pathlib import Path
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -18,6 +19,9 @@ from service.gateway.errors import GatewayError, ImageTooLarge, UndecodableImage
 from service.gateway.preprocess import preprocess
 from service.spec import ModelSpec
 from tests.conftest import photo_paths
+
+# Pillow warns about the corrupt EXIF the fuzzers make; only exceptions matter here.
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 SPEC = ModelSpec.from_dict({"name": "m", "num_classes": 10})
 PIXEL_LIMIT = 40_000_000

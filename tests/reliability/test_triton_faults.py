@@ -20,6 +20,8 @@ from tests.reliability.support import png_bytes
 from tests.support.gateway import GatewayServer
 from tests.support.triton import TritonServer
 
+pytestmark = pytest.mark.slow
+
 TIMEOUT_S = 2.0
 # A request may take its timeout plus scheduling slack on a loaded 2-core machine.
 LATEST_ANSWER_S = TIMEOUT_S + 1.5
