@@ -51,25 +51,31 @@ def test_served_graph_normalises_inside_and_returns_probabilities(
     assert np.allclose(probs, expected, rtol=1e-4, atol=1e-6)
 
 
+@pytest.fixture(scope="module")
+def exported(served: ServedModel, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("exports")
+    export_torchscript(served, directory / "model.pt", SPEC)
+    export_onnx(served, directory / "model.onnx", SPEC)
+    return directory
+
+
 @pytest.mark.parametrize("batch_size", [1, 3, 5])
 def test_torchscript_and_onnx_agree_at_any_batch_size(
-    served: ServedModel, photos: np.ndarray, tmp_path: Path, batch_size: int
+    served: ServedModel, photos: np.ndarray, exported: Path, batch_size: int
 ) -> None:
+    # Traced and exported at batch 2: other sizes prove the batch dimension is dynamic.
     batch = np.concatenate([photos, photos[::-1]])[:batch_size]
     reference = eager_runner(served)(batch)
-    export_torchscript(served, tmp_path / "model.pt", SPEC)
-    export_onnx(served, tmp_path / "model.onnx", SPEC)
     for form, runner in (
-        ("torchscript", torchscript_runner(tmp_path / "model.pt")),
-        ("onnx", onnx_runner(tmp_path / "model.onnx", SPEC)),
+        ("torchscript", torchscript_runner(exported / "model.pt")),
+        ("onnx", onnx_runner(exported / "model.onnx", SPEC)),
     ):
         agreement = verify(form, reference, runner, batch)
         assert agreement.max_abs_diff <= 1e-5 and agreement.same_top_k
 
 
-def test_onnx_graph_has_the_contracted_io(served: ServedModel, tmp_path: Path) -> None:
-    export_onnx(served, tmp_path / "model.onnx", SPEC)
-    graph = onnx.load(str(tmp_path / "model.onnx")).graph
+def test_onnx_graph_has_the_contracted_io(exported: Path) -> None:
+    graph = onnx.load(str(exported / "model.onnx")).graph
     (image,) = graph.input
     (probs,) = graph.output
     assert image.name == "IMAGE" and probs.name == "PROBS"
