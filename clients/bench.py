@@ -28,7 +28,7 @@ import httpx
 from PIL import Image
 
 from clients.bench_stats import Sample, format_summary, latency_ms, summarize
-from clients.classify_cmd import IMAGE_SUFFIXES
+from clients.classify_cmd import IMAGE_SUFFIXES, positive_int
 from clients.client import DEFAULT_URL, USER_AGENT, error_from_response
 from clients.inputs import to_upload
 
@@ -209,14 +209,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="gateway base URL (default: $CA_SERVE_URL or %(default)s)")
     parser.add_argument("--images", type=Path, metavar="DIR",
                         help="directory of images to send (default: synthetic JPEGs)")
-    parser.add_argument("--concurrency", type=_positive_int, default=8, metavar="N",
+    parser.add_argument("--concurrency", type=positive_int, default=8, metavar="N",
                         help="requests in flight (%(default)s)")
     bound = parser.add_mutually_exclusive_group()
     bound.add_argument("--duration", type=float, metavar="S", help="run for S seconds (10)")
-    bound.add_argument("--requests", type=_positive_int, metavar="N", help="send N requests")
-    parser.add_argument("--batch-files", type=_positive_int, default=1, metavar="K",
+    bound.add_argument("--requests", type=positive_int, metavar="N", help="send N requests")
+    parser.add_argument("--batch-files", type=positive_int, default=1, metavar="K",
                         help="images per request (%(default)s)")
-    parser.add_argument("--top-k", type=_positive_int, default=5, help="labels requested")
+    parser.add_argument("--top-k", type=positive_int, default=5, help="labels requested")
     parser.add_argument("--warmup", type=int, default=None, metavar="N",
                         help="unrecorded requests first (default: concurrency)")
     parser.add_argument("--timeout", type=float, default=30.0, metavar="S",
@@ -236,13 +236,6 @@ def build_parser() -> argparse.ArgumentParser:
                         help="allow a target that is not a loopback address")
     parser.add_argument("--quiet", action="store_true", help="no progress line")
     return parser
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def _make_target(args: argparse.Namespace, images: list[bytes]) -> Target:
