@@ -158,16 +158,21 @@ class MicroBatcher(Generic[In, Out]):
             await asyncio.gather(*self._running, return_exceptions=True)
 
     async def _work(self) -> None:
+        # A slot first, then the batch: while every slot is busy, items keep queueing and
+        # the next batch takes all of them (up to the cap) the moment a slot frees, instead
+        # of a batch closed early waiting for a slot while the queue grows behind it.
         while True:
+            await self._slots.acquire()
             first = await self._queue.get()
             if first is None:
+                self._slots.release()
                 return
             batch = await self._collect(first)
             live = [pending for pending in batch if not pending.future.done()]
             if not live:
+                self._slots.release()
                 continue
             self._taken += len(live)
-            await self._slots.acquire()
             task = asyncio.get_running_loop().create_task(self._run(live))
             self._running.add(task)
             task.add_done_callback(self._running.discard)

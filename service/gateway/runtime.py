@@ -63,6 +63,7 @@ class Runtime:
     pool: ThreadPoolExecutor
     batcher: MicroBatcher[_Item, Ranking]
     preprocessor: Preprocessor
+    cpu_jobs: int = 0  # run_cpu calls in flight (queued or running in the pool)
 
     @classmethod
     async def start(
@@ -93,6 +94,9 @@ class Runtime:
         )
         if not multiprocess_dir():
             metrics.queue_depth.set_function(lambda: runtime.batcher.depth)
+        probe = getattr(backend, "set_cpu_jobs_probe", None)
+        if probe is not None:  # the embedded backend shares the cores with preprocessing
+            probe(lambda: runtime.cpu_jobs)
         runtime.batcher.start()
         return runtime
 
@@ -105,7 +109,11 @@ class Runtime:
     async def run_cpu(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run CPU-bound `fn` in the preprocessing pool, off the event loop."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.pool, lambda: fn(*args, **kwargs))
+        self.cpu_jobs += 1
+        try:
+            return await loop.run_in_executor(self.pool, lambda: fn(*args, **kwargs))
+        finally:
+            self.cpu_jobs -= 1
 
     async def classify(self, uploads: Sequence[Upload], k: int) -> list[Ranking]:
         """Top-`k` rankings, one per upload in order, within `request_timeout_s`.

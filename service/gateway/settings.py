@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     )
     preprocess_threads: int = Field(default=0, ge=0, description="0 means one per available core")
     inference_threads: int = Field(default=0, ge=0, description="0 means one per available core")
+    inference_spinning: bool = Field(
+        default=True, description="Let ONNX Runtime's intra-op threads spin while a run is on"
+    )
 
     # Limits on what a client may send.
     max_upload_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)

@@ -22,4 +22,6 @@ def build_backend(settings: Settings, model: ModelInfo) -> Backend:
         model.spec,
         version=settings.model_version,
         threads=settings.inference_workers,
+        streams=settings.max_concurrent_batches or settings.inference_workers,
+        spinning=settings.inference_spinning,
     )

@@ -1,14 +1,19 @@
 """ONNX Runtime in the gateway's process: what `make run` serves.
 
-The session runs on its own single thread (one batch at a time, each using
-`threads` intra-op threads), so inference never blocks the event loop and never
-oversubscribes the cores.
+Up to `streams` batches infer at once, each on its own executor thread, so inference never
+blocks the event loop. A batch that runs alone uses a session with `threads` intra-op
+threads (lowest latency under light load); a batch that starts while another is running
+uses a single-threaded session and runs on its executor thread only. Under load that gives
+one single-threaded ONNX Runtime stream per core: no intra-op barriers, no threads
+spinning while a peer is descheduled, and the preprocessing threads get the cycles the
+streams leave. Measured in docs/performance.md ("Changes and their effect").
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -28,32 +33,66 @@ class EmbeddedBackend:
     """Serves `<repository>/<model>/<version>/model.onnx` with ONNX Runtime (CPU)."""
 
     name = "embedded"
-    default_concurrent_batches = 1
 
-    def __init__(self, model_path: Path, spec: ModelSpec, *, version: str, threads: int) -> None:
+    def __init__(
+        self,
+        model_path: Path,
+        spec: ModelSpec,
+        *,
+        version: str,
+        threads: int,
+        streams: int = 1,
+        spinning: bool = True,
+    ) -> None:
         self.model_path = Path(model_path)
         self.spec = spec
         self.threads = max(1, threads)
+        self.streams = max(1, streams)
+        self.spinning = spinning
+        #: The batcher keeps one batch in flight per stream.
+        self.default_concurrent_batches = self.streams
         self._version = version
-        self._session: ort.InferenceSession | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ca-onnxruntime")
+        self._session: ort.InferenceSession | None = None  # for a batch that runs alone
+        self._single: ort.InferenceSession | None = None  # for concurrent batches
+        self._busy = 0
+        self._cpu_jobs: Callable[[], int] = lambda: 0
+        self._executor = ThreadPoolExecutor(
+            max_workers=self.streams, thread_name_prefix="ca-onnxruntime"
+        )
+
+    def set_cpu_jobs_probe(self, probe: Callable[[], int]) -> None:
+        """`probe()` says how many other CPU jobs (preprocessing) are in flight now."""
+        self._cpu_jobs = probe
 
     async def start(self) -> None:
         """Load the model and check it against the spec; raises `ContractError`."""
         if not self.model_path.is_file():
             raise ContractError(f"no ONNX model at {self.model_path}: build the repository first")
         loop = asyncio.get_running_loop()
-        self._session = await loop.run_in_executor(self._executor, self._load)
+        session = await loop.run_in_executor(self._executor, self._load, self.threads)
+        single: ort.InferenceSession | None = session
+        if self.streams > 1 and self.threads > 1:
+            single = await loop.run_in_executor(self._executor, self._load, 1)
+        self._single = single if self.streams > 1 else None
+        self._session = session
         logger.info(
-            "loaded %s with %d ONNX Runtime threads", self.model_path, self.threads
+            "loaded %s: %d ONNX Runtime thread(s) for a lone batch, up to %d concurrent "
+            "batches on 1 thread each, spinning %s",
+            self.model_path, self.threads, self.streams, "on" if self.spinning else "off",
         )
 
-    def _load(self) -> ort.InferenceSession:
+    def _load(self, threads: int) -> ort.InferenceSession:
         options = ort.SessionOptions()
-        options.intra_op_num_threads = self.threads
+        options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Idle intra-op threads spin waiting for work; on a small machine that burns the
+        # cores preprocessing needs. Off, or at least stopped once each run completes.
+        options.add_session_config_entry(
+            "session.intra_op.allow_spinning", "1" if self.spinning else "0"
+        )
+        options.add_session_config_entry("session.force_spinning_stop", "1")
         session = ort.InferenceSession(
             str(self.model_path), options, providers=["CPUExecutionProvider"]
         )
@@ -62,6 +101,7 @@ class EmbeddedBackend:
 
     async def close(self) -> None:
         self._session = None
+        self._single = None
         self._executor.shutdown(wait=True)
 
     def ready(self) -> bool:
@@ -77,8 +117,16 @@ class EmbeddedBackend:
         session = self._session
         if session is None:
             raise BackendUnavailable("the model is not loaded")
+        # Alone on an idle machine: the multi-threaded session. Beside another batch or
+        # beside preprocessing: one thread, leaving the other cores to them.
+        if self._single is not None and (self._busy or self._cpu_jobs()):
+            session = self._single
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._run, session, batch)
+        self._busy += 1
+        try:
+            return await loop.run_in_executor(self._executor, self._run, session, batch)
+        finally:
+            self._busy -= 1
 
     async def top_k(self, batch: NDArray[np.uint8], k: int) -> TopK:
         return top_k_from_probs(await self.infer(batch), k)
