@@ -34,7 +34,8 @@ STATIC_DIR = Path(__file__).parent / "static"
 router = APIRouter()
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
+    # async: FastAPI runs a sync dependency in its thread pool (a thread hop per request).
     runtime: Runtime | None = getattr(request.app.state, "runtime", None)
     if runtime is None:
         raise BackendUnavailable("the gateway is starting")
