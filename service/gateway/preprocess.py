@@ -6,7 +6,10 @@ Every constant comes from the `ModelSpec`. The pipeline, in order:
    exotic Pillow plugin ever parses client bytes) and check the declared pixel count
    against the limit before a single pixel is decoded (decompression bombs -> 413).
 2. JPEGs much larger than needed are decoded at 1/2, 1/4 or 1/8 scale (`Image.draft`).
-3. First frame only (animated GIF/WebP/PNG, multi-page TIFF); EXIF orientation applied.
+3. First frame only (animated GIF/WebP/PNG, multi-page TIFF); EXIF orientation applied
+   (to the resized image, before the crop: the crop is of the upright image. For the four
+   orientations that swap the axes this differs from turning first by at most 1 grey level
+   on some pixels, as Pillow's two resize passes then run in the other order).
 4. Any mode to RGB: alpha is composited over white, 16/32-bit greyscale is scaled to
    8 bits, CMYK/L/P/1/YCbCr are converted by Pillow.
 5. Shorter side to `resize_shorter` (bilinear, antialiased; the longer side is
@@ -24,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, UnidentifiedImageError
 
 from service.gateway.errors import GatewayError, ImageTooLarge, UndecodableImage
 from service.spec import ModelSpec
@@ -69,9 +72,9 @@ def preprocess(data: bytes, spec: ModelSpec, *, max_image_pixels: int) -> NDArra
         if image.format == "JPEG" or image.format == "MPO":
             target = spec.resize_shorter * DRAFT_MARGIN
             image.draft(None, (target, target))
-        image = _first_frame_upright(image)
+        image, transpose = _first_frame(image)
         rgb = to_rgb(image)
-        return _resize_and_crop(rgb, spec)
+        return _resize_and_crop(rgb, spec, transpose)
     except GatewayError:
         raise
     except Exception as exc:
@@ -106,13 +109,30 @@ def _open_checked(data: bytes, max_image_pixels: int) -> Image.Image:
     return image
 
 
-def _first_frame_upright(image: Image.Image) -> Image.Image:
-    """Decode frame 0 and apply the EXIF orientation (a no-op without one)."""
+# EXIF orientation -> the transpose that makes the stored pixels upright (as
+# `ImageOps.exif_transpose` maps them).
+_ORIENTATIONS = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_SWAPS_AXES = {Image.Transpose.TRANSPOSE, Image.Transpose.ROTATE_270,
+               Image.Transpose.TRANSVERSE, Image.Transpose.ROTATE_90}
+
+
+def _first_frame(image: Image.Image) -> tuple[Image.Image, Image.Transpose | None]:
+    """Decode frame 0; return it as stored with the transpose its EXIF orientation asks
+    for (None when upright). The transpose is applied later, to the resized image: rotating
+    a 12 MP phone photo costs more than rotating its 256-pixel resize."""
     if getattr(image, "n_frames", 1) > 1:
         image.seek(0)
     image.load()
-    upright = ImageOps.exif_transpose(image)
-    return upright if upright is not None else image
+    orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+    return image, _ORIENTATIONS.get(orientation)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -148,15 +168,26 @@ def crop_offset(side: int, size: int) -> int:
     return round((side - size) / 2.0)
 
 
-def _resize_and_crop(image: Image.Image, spec: ModelSpec) -> NDArray[np.uint8]:
+def _resize_and_crop(
+    image: Image.Image, spec: ModelSpec, transpose: Image.Transpose | None = None
+) -> NDArray[np.uint8]:
+    """Shorter side to `resize_shorter`, then the centre crop, both of the upright image
+    (the stored image turned by `transpose`)."""
     size = spec.input_size
-    width, height = image.size
+    swap = transpose in _SWAPS_AXES
+    width, height = image.size[::-1] if swap else image.size  # upright size
     new_w, new_h = resized_size(width, height, spec.resize_shorter)
     left, top = crop_offset(new_w, size), crop_offset(new_h, size)
     if new_w * new_h <= MAX_RESIZED_PIXELS:
-        resized = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
+        # Resize as stored, then turn the small result upright and crop it there.
+        resized = image.resize((new_h, new_w) if swap else (new_w, new_h),
+                               Image.Resampling.BILINEAR)
+        if transpose is not None:
+            resized = resized.transpose(transpose)
         cropped = resized.crop((left, top, left + size, top + size))
     else:
+        if transpose is not None:
+            image = image.transpose(transpose)
         sx, sy = width / new_w, height / new_h
         box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
         cropped = image.resize((size, size), Image.Resampling.BILINEAR, box=box)
