@@ -45,11 +45,12 @@ class BatchSizeMismatchError(RuntimeError):
 
 
 class _Pending(Generic[In, Out]):
-    __slots__ = ("future", "item")
+    __slots__ = ("future", "item", "taken")
 
     def __init__(self, item: In, future: asyncio.Future[Out]) -> None:
         self.item = item
         self.future = future
+        self.taken = False  # out of the queue (in a batch being collected or run)
 
 
 class MicroBatcher(Generic[In, Out]):
@@ -85,11 +86,13 @@ class MicroBatcher(Generic[In, Out]):
         self._concurrency = max_concurrent_batches
         self._item_s = 0.0  # moving average of batch run time per item (successes only)
         self._taken = 0  # items out of the queue, not yet answered (batches run or waiting)
+        self._abandoned = 0  # items still in the queue whose caller has gone
 
     @property
     def depth(self) -> int:
-        """Items waiting for a batch (not counting those being run)."""
-        return self._queue.qsize()
+        """Items waiting for a batch (not counting those being run, nor those whose caller
+        has gone: they are dropped when their turn comes)."""
+        return self._queue.qsize() - self._abandoned
 
     @property
     def closed(self) -> bool:
@@ -106,7 +109,7 @@ class MicroBatcher(Generic[In, Out]):
         """Whether `submit` would refuse `items` more with this wait budget: the queue is
         full, or it is not empty and would not drain within `budget_s`. An empty queue
         always admits, so a stale estimate can never shed every request."""
-        if self.depth + items > self._queue.maxsize:
+        if self._queue.qsize() + items > self._queue.maxsize:
             return True
         if budget_s is None or self.depth == 0:
             return False
@@ -137,13 +140,19 @@ class MicroBatcher(Generic[In, Out]):
                 f"the budget is {budget_s:.2f} s"
             )
         future: asyncio.Future[Out] = asyncio.get_running_loop().create_future()
+        pending = _Pending(item, future)
         try:
-            self._queue.put_nowait(_Pending(item, future))
+            self._queue.put_nowait(pending)
         except asyncio.QueueFull:
             raise QueueFullError(f"queue full ({self._queue.maxsize} waiting)") from None
         timeout = self.timeout_s if timeout_s is None else timeout_s
         # wait_for cancels the future on timeout; the worker then skips it.
-        return await asyncio.wait_for(future, timeout)
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except BaseException:
+            if not pending.taken:
+                self._abandoned += 1
+            raise
 
     async def close(self) -> None:
         """Stop intake, run every queued item, then stop the worker."""
@@ -163,7 +172,7 @@ class MicroBatcher(Generic[In, Out]):
         # of a batch closed early waiting for a slot while the queue grows behind it.
         while True:
             await self._slots.acquire()
-            first = await self._queue.get()
+            first = self._take(await self._queue.get())
             if first is None:
                 self._slots.release()
                 return
@@ -176,6 +185,13 @@ class MicroBatcher(Generic[In, Out]):
             task = asyncio.get_running_loop().create_task(self._run(live))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
+
+    def _take(self, pending: _Pending[In, Out] | None) -> _Pending[In, Out] | None:
+        if pending is not None:
+            pending.taken = True
+            if pending.future.done():  # its caller left while it was queued
+                self._abandoned -= 1
+        return pending
 
     async def _collect(self, first: _Pending[In, Out]) -> list[_Pending[In, Out]]:
         """Gather up to `max_batch_size` items within the delay window opened by `first`."""
@@ -191,6 +207,7 @@ class MicroBatcher(Generic[In, Out]):
                     nxt = await asyncio.wait_for(self._queue.get(), remaining)
             except (asyncio.QueueEmpty, TimeoutError):
                 break
+            self._take(nxt)
             if nxt is None:
                 # Closing: put the sentinel back so the worker stops after this batch.
                 self._queue.put_nowait(None)

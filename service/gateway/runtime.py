@@ -21,7 +21,12 @@ import numpy as np
 from numpy.typing import NDArray
 
 from service.gateway.backends import Backend, build_backend
-from service.gateway.batching import BatcherClosedError, MicroBatcher, QueueFullError
+from service.gateway.batching import (
+    ADMISSION_HEADROOM,
+    BatcherClosedError,
+    MicroBatcher,
+    QueueFullError,
+)
 from service.gateway.errors import (
     BackendUnavailable,
     GatewayError,
@@ -64,6 +69,7 @@ class Runtime:
     batcher: MicroBatcher[_Item, Ranking]
     preprocessor: Preprocessor
     cpu_jobs: int = 0  # run_cpu calls in flight (queued or running in the pool)
+    _preprocess_s: float = 0.0  # moving average of one image's preprocessing time
 
     @classmethod
     async def start(
@@ -130,8 +136,8 @@ class Runtime:
         timeout = self.settings.request_timeout_s
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        # Shed before spending CPU on decoding when the queue cannot serve us in time.
-        if self.batcher.would_shed(timeout, len(uploads)):
+        # Shed before spending CPU on decoding when the queues cannot serve us in time.
+        if self._would_shed(timeout, len(uploads)):
             raise self._overloaded()
         try:
             async with asyncio.timeout_at(deadline):
@@ -139,6 +145,20 @@ class Runtime:
                 return await self._infer_all(images, k, deadline)
         except TimeoutError:
             raise RequestTimeout(f"no answer within {timeout} s") from None
+
+    def _would_shed(self, budget_s: float, images: int) -> bool:
+        """The batcher's admission, counting the images still being preprocessed as queued
+        for it, plus the time to get through the preprocessing backlog itself (once the
+        backend keeps up, the backlog forms in the thread pool, not in the batcher)."""
+        behind = self.cpu_jobs
+        if self.batcher.would_shed(budget_s, images + behind):
+            return True
+        if not behind:  # nothing ahead in the pool: never shed on an estimate alone
+            return False
+        pool_s = (behind + images) * self._preprocess_s / self.settings.preprocess_workers
+        return pool_s + self.batcher.expected_wait_s(images + behind) > (
+            ADMISSION_HEADROOM * budget_s
+        )
 
     def _overloaded(self) -> Overloaded:
         return Overloaded(
@@ -156,7 +176,10 @@ class Runtime:
         try:
             return self.preprocessor(data)
         finally:
-            self.metrics.preprocess_duration.observe(time.perf_counter() - start)
+            took = time.perf_counter() - start
+            self.metrics.preprocess_duration.observe(took)
+            average = self._preprocess_s
+            self._preprocess_s = 0.9 * average + 0.1 * took if average else took
 
     async def _preprocess_all(self, uploads: Sequence[Upload]) -> list[NDArray[np.uint8]]:
         results = await asyncio.gather(
