@@ -83,6 +83,12 @@ def goals(result: dict[str, Any],
     return rows
 
 
+def titles(result: dict[str, Any]) -> dict[str, str]:
+    """Column titles; `--tuned-title` renames the second gateway's column."""
+    return {**TITLES, **({"gateway_tuned": result["tuned_title"]}
+                         if result.get("tuned_title") else {})}
+
+
 def markdown(result: dict[str, Any], plot_name: str) -> str:
     ceil = result["ceiling"]
     services = [s for s in SERVICES if any(p["service"] == s for p in result["points"])]
@@ -105,7 +111,7 @@ def markdown(result: dict[str, Any], plot_name: str) -> str:
         lines.append(f"- note: {result['label']}")
     lines += [f"- {note}" for note in result.get("notes", [])]
     lines += ["", "## HTTP, requests/s (p50 / p99 ms)", ""]
-    header = "| photos | concurrency | " + " | ".join(TITLES[s] for s in services) + " |"
+    header = "| photos | concurrency | " + " | ".join(titles(result)[s] for s in services) + " |"
     lines += [header, "|" + " --- |" * (2 + len(services))]
     for photos in ("web", "phone"):
         for c in (1, 8, 32):
@@ -133,14 +139,14 @@ def markdown(result: dict[str, Any], plot_name: str) -> str:
         lines.append(f"| 2-core ceiling, {key.replace('_', ' ')} | "
                      f"{derived[key]['images_per_s']} images/s |")
     for gw in (s for s in ("gateway", "gateway_tuned") if s in services):
-        lines += ["", f"## Goals (issue 7), {TITLES[gw]}", "",
+        lines += ["", f"## Goals (issue 7), {titles(result)[gw]}", "",
                   "| goal | measured | met |", "| --- | --- | --- |"]
         for goal, text, met in goals(result, gw):
             mark = "–" if met is None else ("yes" if met else "**no**")
             lines.append(f"| {goal} | {text} | {mark} |")
     if result.get("rss_mb"):
         lines += ["", "RSS after the load points (MB, whole process group): " + ", ".join(
-            f"{TITLES.get(k, k)} {v:.0f}" for k, v in result["rss_mb"].items())]
+            f"{titles(result).get(k, k)} {v:.0f}" for k, v in result["rss_mb"].items())]
     if result.get("memory"):
         lines.append("Fresh gateway memory run (MB): " + ", ".join(
             f"{k.removesuffix('_mb')} {v:.0f}" for k, v in result["memory"].items()))
@@ -167,7 +173,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
                     s = _point(result, service, photos, c)
                     values.append(_rps(s) if metric == "rps" else _lat(s, "p99"))
                 xs = [x + i * width for x in range(3)]
-                ax.bar(xs, values, width, label=TITLES[service], color=colours[service])
+                ax.bar(xs, values, width, label=titles(result)[service], color=colours[service])
             ax.set_xticks([x + width * (len(services) - 1) / 2 for x in range(3)],
                           ["c=1", "c=8", "c=32"])
             ax.set(title=f"{photos} photos: {label}", ylabel=label)

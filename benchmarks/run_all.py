@@ -106,6 +106,8 @@ def main() -> None:
                         help="settings for the gateway under test (repeatable)")
     parser.add_argument("--tuned-env", action="append", default=[], metavar="CA_X=V",
                         help="also run a second gateway, 'gateway_tuned', with these settings")
+    parser.add_argument("--tuned-title", default="",
+                        help="column title for the second gateway (default 'gateway (tuned)')")
     parser.add_argument("--label", default="", help="a note for the results file")
     args = parser.parse_args()
     duration = args.duration / 2 if args.quick else args.duration
@@ -159,7 +161,8 @@ def main() -> None:
     result = {
         "date": started.isoformat(timespec="seconds"), "machine": assets_mod.machine(),
         "load_average_end": assets_mod.load_average(), "duration_s": duration,
-        "gateway_env": env, "tuned_env": tuned, "label": args.label, "notes": notes,
+        "gateway_env": env, "tuned_env": tuned, "tuned_title": args.tuned_title,
+        "label": args.label, "notes": notes,
         "torchserve_config": next((s.name for s in servers if s.name.startswith("torchserve")),
                                   None),
         "ceiling": ceiling_result, "points": points, "rss_mb": rss, "memory": memory,
