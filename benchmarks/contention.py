@@ -22,18 +22,9 @@ import onnxruntime as ort
 
 from benchmarks import assets as assets_mod
 from benchmarks import photos
+from service.gateway.backends.embedded import open_session
 from service.gateway.preprocess import preprocess
 from service.spec import ModelSpec
-
-
-def session(model: str, threads: int, spinning: bool) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
 def trial(sess: ort.InferenceSession, spec: ModelSpec, images: list[bytes], batch: int,
@@ -77,7 +68,7 @@ def main() -> None:
     print(f"batch {args.batch}, {args.seconds:g} s per trial, load {assets_mod.load_average()}")
     for ort_threads in (2, 1):
         for spinning in (True, False):
-            sess = session(str(found.onnx), ort_threads, spinning)
+            sess = open_session(found.onnx, threads=ort_threads, spinning=spinning)
             for pre_threads in (0, 1, 2):
                 ort_rate, pre_rate = trial(sess, spec, images, args.batch, pre_threads,
                                            args.seconds)

@@ -25,6 +25,7 @@ import onnxruntime as ort
 
 from benchmarks import assets as assets_mod
 from benchmarks import photos
+from service.gateway.backends.embedded import open_session
 from service.gateway.preprocess import preprocess
 from service.spec import ModelSpec
 
@@ -40,16 +41,6 @@ DEFAULT_CONFIGS = (
 
 def parse(text: str) -> dict[str, int]:
     return {key: int(value) for key, value in (part.split("=") for part in text.split(","))}
-
-
-def session(model: str, intra: int, spin: bool) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = intra
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
-    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
 def trial(sess: ort.InferenceSession, spec: ModelSpec, images: list[bytes], config: dict[str, int],
@@ -117,8 +108,9 @@ def main() -> None:
     sessions: dict[tuple[int, int], ort.InferenceSession] = {}
     for text in configs:
         c = parse(text)
-        sessions.setdefault((c["intra"], c["spin"]), session(str(found.onnx), c["intra"],
-                                                              bool(c["spin"])))
+        key = (c["intra"], c["spin"])
+        if key not in sessions:  # one session per (threads, spinning), shared by configs
+            sessions[key] = open_session(found.onnx, threads=key[0], spinning=bool(key[1]))
     rates: dict[str, list[float]] = {text: [] for text in configs}
     print(f"{args.photos} photos, {args.inflight} in flight, {args.seconds:g} s per trial, "
           f"load {assets_mod.load_average()}", flush=True)

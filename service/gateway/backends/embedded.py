@@ -82,20 +82,7 @@ class EmbeddedBackend:
         )
 
     def _load(self, threads: int) -> ort.InferenceSession:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Idle intra-op threads spin waiting for work; on a small machine that burns the
-        # cores preprocessing needs. Off, or at least stopped once each run completes.
-        options.add_session_config_entry(
-            "session.intra_op.allow_spinning", "1" if self.spinning else "0"
-        )
-        options.add_session_config_entry("session.force_spinning_stop", "1")
-        session = ort.InferenceSession(
-            str(self.model_path), options, providers=["CPUExecutionProvider"]
-        )
+        session = open_session(self.model_path, threads=threads, spinning=self.spinning)
         check_session_contract(session, self.spec)
         return session
 
@@ -134,6 +121,20 @@ class EmbeddedBackend:
     def _run(self, session: ort.InferenceSession, batch: NDArray[np.uint8]) -> NDArray[np.float32]:
         outputs = session.run([self.spec.output_name], {self.spec.input_name: batch})
         return np.asarray(outputs[0], dtype=np.float32)
+
+
+def open_session(model_path: Path, *, threads: int, spinning: bool) -> ort.InferenceSession:
+    """A CPU session configured as the gateway serves it (benchmarks measure this one)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Idle intra-op threads spin waiting for work; on a small machine that burns the
+    # cores preprocessing needs. Off, or at least stopped once each run completes.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    options.add_session_config_entry("session.force_spinning_stop", "1")
+    return ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
 
 
 def _dims(shape: list[Any]) -> list[int | None]:
