@@ -19,6 +19,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
 OVERLAYS = ("gpu", "cpu")
+# The workloads' app.kubernetes.io/name labels.
+GATEWAY = "ca-serve-gateway"
+TRITON = "triton"
 DOCKER = ROOT / "deploy" / "docker"
 
 Manifest = dict[str, Any]
