@@ -337,13 +337,27 @@ def test_client_disconnect_drops_its_image_not_its_batch_mates(
         sock = socket.create_connection(("127.0.0.1", fake_server.port))
         sock.sendall(request)
         sockets.append(sock)
+    closed_before = count_closed_requests(fake_http)
     time.sleep(0.05)
     for sock in sockets:
         sock.close()
     batches_before = len(fake.batches)
+    # Noticing a hang-up is event-driven but not instant on a busy machine: wait until the
+    # gateway has answered both with 499 (and so released their queue places) before asking.
+    deadline = time.monotonic() + 5.0
+    while count_closed_requests(fake_http) < closed_before + 2:
+        assert time.monotonic() < deadline, "the gateway never noticed the clients hang up"
+        time.sleep(0.02)
     fake_ok(fake_http)
     time.sleep(0.4)
     # At most the one batch already running when they left; the queued one was dropped.
     assert len(fake.batches) - batches_before <= 2
-    metrics = fake_http.get("/metrics").text
-    assert 'route="/classify",status="499"' in metrics
+
+
+def count_closed_requests(client: httpx.Client) -> float:
+    """How many /classify requests the gateway has answered with 499 (client went away)."""
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith("ca_gateway_requests_total{") and 'status="499"' in line:
+            if 'route="/classify"' in line:
+                return float(line.rsplit(" ", 1)[1])
+    return 0.0
