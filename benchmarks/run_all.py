@@ -4,8 +4,8 @@
 2. The gateway (`ca-serve serve`, embedded ONNX Runtime), the plain FastAPI + PyTorch peer
    and TorchServe 0.12 (batching) all started, then each load point (web/phone photos x
    concurrency 1, 8, 32) run against each service in turn, so slow drifts in the load of
-   this shared machine hit all three alike. Gateway and plain peer through `ca-serve bench`,
-   TorchServe through `benchmarks.load` (the same load loop on its URL path).
+   this shared machine hit all three alike. Every service through `ca-serve bench`
+   (TorchServe with `--path /predictions/<model>`).
 3. Memory: a fresh gateway's RSS after 1,000 and after 10,000 requests (web, concurrency
    8); every service's RSS after its load points.
 
@@ -23,7 +23,6 @@ import contextlib
 import datetime as dt
 import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -61,14 +60,13 @@ def plain_fastapi(found: assets_mod.Assets, log: Path) -> Server:
 
 def load(server: Server, images: Path, concurrency: int, out: Path, *,
          duration_s: float | None = None, requests: int | None = None) -> dict[str, Any]:
-    """One load point through `ca-serve bench` (or `benchmarks.load` for TorchServe)."""
+    """One load point through `ca-serve bench`."""
     bound = ["--duration", str(duration_s)] if requests is None else ["--requests", str(requests)]
     common = ["--url", server.url, "--images", str(images), "--concurrency", str(concurrency),
-              "--out", str(out), *bound]
+              "--out", str(out), *bound, "--quiet"]
     if server.name.startswith("torchserve"):
-        argv = [sys.executable, "-m", "benchmarks.load", *common]
-    else:
-        argv = [str(assets_mod.VENV_BIN / "ca-serve"), "bench", *common, "--quiet"]
+        common += ["--path", f"/predictions/{torchserve.MODEL}"]
+    argv = [str(assets_mod.VENV_BIN / "ca-serve"), "bench", *common]
     done = subprocess.run(argv, cwd=assets_mod.ROOT, capture_output=True, text=True)
     if done.returncode not in (0, 1) or not out.is_file():
         raise RuntimeError(f"load on {server.name} failed: {done.stderr[-2000:]}")

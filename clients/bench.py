@@ -24,12 +24,17 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-import httpx
 from PIL import Image
 
+from clients.bench_http import (
+    ConnectionPool,
+    HTTPError,
+    encode_request,
+    multipart_form,
+)
 from clients.bench_stats import Sample, format_summary, latency_ms, summarize
 from clients.classify_cmd import IMAGE_SUFFIXES, positive_int
-from clients.client import DEFAULT_URL, USER_AGENT, error_from_response
+from clients.client import DEFAULT_URL, USER_AGENT
 from clients.inputs import to_upload
 
 
@@ -46,56 +51,63 @@ class Target(Protocol):
 
 
 class GatewayTarget:
-    """`POST /classify` with K images per request (raw body for 1, multipart for more)."""
+    """`POST <path>` (`/classify` by default) with K images per request: a raw body for one,
+    multipart for more. Every distinct request is encoded once (see `bench_http`)."""
 
     def __init__(self, url: str, images: list[bytes], *, batch: int, top_k: int,
-                 concurrency: int, timeout_s: float, api_key: str | None) -> None:
+                 timeout_s: float, api_key: str | None, path: str = "/classify") -> None:
+        parts = urlsplit(url)
+        if parts.scheme != "http" or not parts.hostname:
+            raise ValueError(f"the load generator speaks plain http:// only, not {url!r}")
         self.url = url.rstrip("/")
+        self.path = path
         self.images_per_request = batch
-        uploads = [to_upload(data, i) for i, data in enumerate(images)]
-        self._requests: list[dict[str, Any]] = []
-        for i in range(len(uploads)):
-            chosen = [uploads[(i + j) % len(uploads)] for j in range(batch)]
-            if batch == 1:
-                self._requests.append({"content": chosen[0].data,
-                                       "headers": {"Content-Type": chosen[0].content_type}})
-            else:
-                self._requests.append({"files": [("file", (u.filename, u.data, u.content_type))
-                                                 for u in chosen]})
+        host, port = parts.hostname, parts.port or 80
         headers = {"User-Agent": USER_AGENT}
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
-        self._http = httpx.AsyncClient(
-            base_url=self.url, headers=headers, params={"top_k": top_k},
-            timeout=httpx.Timeout(timeout_s, connect=5.0),
-            limits=httpx.Limits(max_connections=concurrency,
-                                max_keepalive_connections=concurrency),
-        )
+        target = f"{parts.path.rstrip('/')}{path}"
+        if path == "/classify":
+            target += f"?top_k={top_k}"
+        uploads = [to_upload(data, i) for i, data in enumerate(images)]
+        self._requests: list[bytes] = []
+        for i in range(len(uploads)):
+            chosen = [uploads[(i + j) % len(uploads)] for j in range(batch)]
+            if batch == 1:
+                body, content_type = chosen[0].data, chosen[0].content_type
+            else:
+                boundary = f"ca-serve-bench-{i}"
+                body = multipart_form([(u.filename, u.data, u.content_type) for u in chosen],
+                                      boundary)
+                content_type = f"multipart/form-data; boundary={boundary}"
+            self._requests.append(encode_request(
+                "POST", parts.netloc, target, headers | {"Content-Type": content_type}, body))
+        self._pool = ConnectionPool(host, port, timeout_s=timeout_s)
 
     @property
     def description(self) -> str:
-        return f"gateway {self.url}"
+        return f"{self.url}{self.path}"
 
     async def start(self) -> None:
         try:
-            await self._http.get("/healthz")
-        except httpx.TransportError as exc:
-            raise RuntimeError(f"cannot reach ca-serve at {self.url}: {exc}") from exc
+            await self._pool.exchange(encode_request("GET", urlsplit(self.url).netloc,
+                                                     "/healthz", {"User-Agent": USER_AGENT}))
+        except HTTPError as exc:
+            server = "ca-serve" if self.path == "/classify" else "the server"
+            raise RuntimeError(f"cannot reach {server} at {self.url}: {exc}") from exc
 
     async def send(self, index: int) -> tuple[str | None, str | None, int]:
-        request = self._requests[index % len(self._requests)]
         try:
-            response = await self._http.post("/classify", **request)
-        except httpx.TransportError as exc:
-            return None, type(exc).__name__, self.images_per_request
-        status = str(response.status_code)
-        if response.status_code >= 400:
-            return status, f"{status} {error_from_response(response).code}", \
-                self.images_per_request
+            answer = await self._pool.exchange(self._requests[index % len(self._requests)])
+        except HTTPError as exc:
+            return None, exc.kind, self.images_per_request
+        status = str(answer.status)
+        if answer.status >= 400:
+            return status, f"{status} {answer.error_code()}", self.images_per_request
         return status, None, self.images_per_request
 
     async def close(self) -> None:
-        await self._http.aclose()
+        await self._pool.close()
 
 
 @dataclass
@@ -207,6 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--url", default=os.environ.get("CA_SERVE_URL", DEFAULT_URL),
                         help="gateway base URL (default: $CA_SERVE_URL or %(default)s)")
+    parser.add_argument("--path", default="/classify",
+                        help="URL path to POST to (%(default)s; another server's endpoint, "
+                             "e.g. TorchServe's /predictions/<model>, to compare it)")
     parser.add_argument("--images", type=Path, metavar="DIR",
                         help="directory of images to send (default: synthetic JPEGs)")
     parser.add_argument("--concurrency", type=positive_int, default=8, metavar="N",
@@ -244,8 +259,7 @@ def _make_target(args: argparse.Namespace, images: list[bytes]) -> Target:
         if not args.allow_remote:
             check_loopback(host)
         return GatewayTarget(args.url, images, batch=args.batch_files, top_k=args.top_k,
-                             concurrency=args.concurrency, timeout_s=args.timeout,
-                             api_key=args.api_key)
+                             timeout_s=args.timeout, api_key=args.api_key, path=args.path)
     from clients.bench_triton import TritonTarget, load_spec, preprocessed_batches
     from service.gateway.settings import Settings
 

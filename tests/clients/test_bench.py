@@ -122,3 +122,18 @@ def test_bench_drives_triton_directly(
             assert summary["status_counts"] == {"OK": 8}
             assert summary["images"]["ok"] == 16
             assert summary["config"]["target"].startswith(f"triton {protocol}://")
+
+
+def test_bench_path_option_posts_elsewhere_and_counts_error_codes(
+    gateway: GatewayServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "results.json"
+    code = main(["--url", gateway.url, "--path", "/no-such-endpoint", "--requests", "5",
+                 "--concurrency", "2", "--warmup", "0", "--quiet", "--out", str(out)])
+    capsys.readouterr()
+    summary = json.loads(out.read_text())
+    assert code == 1  # nothing succeeded
+    assert summary["requests"] == {"total": 5, "ok": 0, "failed": 5, "no_answer": 0}
+    assert summary["status_counts"] == {"404": 5}
+    assert list(summary["errors"]) == ["404 not_found"]
+    assert summary["config"]["target"].endswith("/no-such-endpoint")
