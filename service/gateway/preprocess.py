@@ -7,14 +7,14 @@ Every constant comes from the `ModelSpec`. The pipeline, in order:
    against the limit before a single pixel is decoded (decompression bombs -> 413).
 2. JPEGs much larger than needed are decoded at 1/2, 1/4 or 1/8 scale (`Image.draft`).
 3. First frame only (animated GIF/WebP/PNG, multi-page TIFF); EXIF orientation applied
-   (to the resized image, before the crop: the crop is of the upright image. For the four
-   orientations that swap the axes this differs from turning first by at most 1 grey level
-   on some pixels, as Pillow's two resize passes then run in the other order).
+   to the 224x224 result (the crop is still of the upright image: see step 5).
 4. Any mode to RGB: alpha is composited over white, 16/32-bit greyscale is scaled to
    8 bits, CMYK/L/P/1/YCbCr are converted by Pillow.
 5. Shorter side to `resize_shorter` (bilinear, antialiased; the longer side is
    `int(resize_shorter * long / short)`), then a centre crop of `input_size` whose offset is
-   `int(round((side - input_size) / 2))`, as torchvision's Resize + CenterCrop do.
+   `int(round((side - input_size) / 2))`, as torchvision's Resize + CenterCrop do. Only
+   the cropped region is resized; this differs from resizing everything and then cropping
+   by at most 1 grey level on ~0.1% of pixels (Pillow's fixed-point rounding).
 
 Pure and synchronous: callers run it in a thread pool, never on the event loop.
 """
@@ -40,9 +40,6 @@ FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 # output pixel, so quality holds while a 12 MP photo decodes ~16x faster.
 DRAFT_MARGIN = 2
 
-# Past this many pixels after the shorter-side resize (aspect ratios beyond ~60:1), resize
-# only the region the centre crop keeps: same geometry, +-1 grey level, bounded memory.
-MAX_RESIZED_PIXELS = 4_000_000
 
 _SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
@@ -172,29 +169,65 @@ def _resize_and_crop(
     image: Image.Image, spec: ModelSpec, transpose: Image.Transpose | None = None
 ) -> NDArray[np.uint8]:
     """Shorter side to `resize_shorter`, then the centre crop, both of the upright image
-    (the stored image turned by `transpose`)."""
+    (the stored image turned by `transpose`).
+
+    Only the region the crop keeps is resized (Pillow's `box`): the same filter at the same
+    scale over the same source pixels, without computing the pixels the crop throws away
+    (a 500x375 photo: 1.7 instead of 2.3 ms per image). Pillow's fixed-point coefficients
+    then round differently on ~0.1% of pixels, by 1 grey level. The resize runs on the image
+    as stored, with the box mapped there, so only the 224x224 result is turned upright.
+    """
     size = spec.input_size
     swap = transpose in _SWAPS_AXES
     width, height = image.size[::-1] if swap else image.size  # upright size
     new_w, new_h = resized_size(width, height, spec.resize_shorter)
     left, top = crop_offset(new_w, size), crop_offset(new_h, size)
-    if new_w * new_h <= MAX_RESIZED_PIXELS:
-        # Resize as stored, then turn the small result upright and crop it there.
-        resized = image.resize((new_h, new_w) if swap else (new_w, new_h),
-                               Image.Resampling.BILINEAR)
-        if transpose is not None:
-            resized = resized.transpose(transpose)
-        cropped = resized.crop((left, top, left + size, top + size))
-    else:
-        if transpose is not None:
-            image = image.transpose(transpose)
-        sx, sy = width / new_w, height / new_h
-        box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
-        cropped = image.resize((size, size), Image.Resampling.BILINEAR, box=box)
+    sx, sy = width / new_w, height / new_h
+    upright_box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
+    box = _stored_box(upright_box, transpose, width, height)
+    cropped = image.resize((size, size), Image.Resampling.BILINEAR, box=box)
+    if transpose is not None:
+        cropped = cropped.transpose(transpose)
     array = np.asarray(cropped, dtype=np.uint8)
     if array.shape != spec.input_shape:  # pragma: no cover - a bug, not client input
         raise RuntimeError(f"preprocessing produced {array.shape}, expected {spec.input_shape}")
     return np.ascontiguousarray(array)
+
+
+def _stored_box(
+    box: tuple[float, float, float, float],
+    transpose: Image.Transpose | None,
+    width: float,
+    height: float,
+) -> tuple[float, float, float, float]:
+    """A box in upright coordinates (upright size `width` x `height`) as the same region of
+    the stored image, which `transpose` turns upright."""
+    x0, y0, x1, y1 = box
+    corners = [_stored_point(x, y, transpose, width, height) for x, y in ((x0, y0), (x1, y1))]
+    (ax, ay), (bx, by) = corners
+    return min(ax, bx), min(ay, by), max(ax, bx), max(ay, by)
+
+
+def _stored_point(
+    x: float, y: float, transpose: Image.Transpose | None, width: float, height: float
+) -> tuple[float, float]:
+    # The inverse of each transpose, in continuous pixel coordinates.
+    match transpose:
+        case Image.Transpose.FLIP_LEFT_RIGHT:
+            return width - x, y
+        case Image.Transpose.ROTATE_180:
+            return width - x, height - y
+        case Image.Transpose.FLIP_TOP_BOTTOM:
+            return x, height - y
+        case Image.Transpose.ROTATE_90:  # counter-clockwise
+            return height - y, x
+        case Image.Transpose.ROTATE_270:
+            return y, width - x
+        case Image.Transpose.TRANSPOSE:
+            return y, x
+        case Image.Transpose.TRANSVERSE:
+            return height - y, width - x
+    return x, y
 
 
 def _describe(exc: Exception) -> str:
