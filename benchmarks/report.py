@@ -32,6 +32,12 @@ def _lat(summary: dict[str, Any] | None, key: str) -> float:
     return float(summary["latency_ms"][key])
 
 
+# The ceilings the goals use: plain Pillow, with JPEG draft at the gateway's scale for
+# 12 MP phone photos (the issue: "the ceiling assumes plain Pillow decoding, and faster
+# decoding is fair game").
+WEB_CEILING, PHONE_CEILING = "web_plain_pillow", "phone_plain_pillow_draft"
+
+
 def _f(value: float, digits: int = 1) -> str:
     return "–" if math.isnan(value) else f"{value:.{digits}f}"
 
@@ -40,8 +46,9 @@ def goals(result: dict[str, Any],
           gw: str = "gateway") -> list[tuple[str, str, bool | None]]:
     """(goal, measured, met) rows; met is None where a number is missing."""
     ceil = result["ceiling"]["ceiling"]
-    web_ceiling = ceil["web_plain_pillow"]["images_per_s"]
-    phone_ceiling = ceil["phone_gateway_draft"]["images_per_s"]
+    web_ceiling = ceil[WEB_CEILING]["images_per_s"]
+    phone_ceiling = ceil[PHONE_CEILING]["images_per_s"]
+    phone_own = ceil["phone_gateway_draft"]["images_per_s"]
 
     def p(service: str, photos: str, c: int) -> dict[str, Any] | None:
         return _point(result, service, photos, c)
@@ -68,7 +75,8 @@ def goals(result: dict[str, Any],
     add("web c=1 p50 < 15 ms", p50, 15.0, f"{p50:.1f} ms", above=False)
     ph8 = _rps(p(gw, "phone", 8))
     add("phone c=8 >= 85% of the phone ceiling", ph8 / phone_ceiling, 0.85,
-        f"{ph8:.1f} / {phone_ceiling:.1f} = {ph8 / phone_ceiling:.0%}")
+        f"{ph8:.1f} / {phone_ceiling:.1f} = {ph8 / phone_ceiling:.0%} (against a ceiling "
+        f"with the gateway's own preprocessing, {phone_own:.1f}: {ph8 / phone_own:.0%})")
     memory = (result.get("memory") or {}) if gw == "gateway" else {}
     keys = sorted((k for k in memory if k.startswith("after_")),
                   key=lambda k: int(k.split("_")[1]))
@@ -134,8 +142,8 @@ def markdown(result: dict[str, Any], plot_name: str) -> str:
             lines.append(f"| preprocess {photos}, {path.replace('_', ' ')} | {ms} ms/photo |")
     lines.append(f"| best ORT cost | {best['core_ms_per_image']} core-ms/image "
                  f"(batch {best['batch']}, {best['threads']} thread(s)) |")
-    for key in ("web_plain_pillow", "web_gateway_draft", "phone_gateway_draft",
-                "phone_plain_pillow"):
+    for key in ("web_plain_pillow", "web_gateway_draft", "phone_plain_pillow_draft",
+                "phone_gateway_draft", "phone_plain_pillow"):
         lines.append(f"| 2-core ceiling, {key.replace('_', ' ')} | "
                      f"{derived[key]['images_per_s']} images/s |")
     for gw in (s for s in ("gateway", "gateway_tuned") if s in services):
@@ -178,7 +186,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
                           ["c=1", "c=8", "c=32"])
             ax.set(title=f"{photos} photos: {label}", ylabel=label)
             if metric == "rps":
-                key = "web_plain_pillow" if photos == "web" else "phone_gateway_draft"
+                key = WEB_CEILING if photos == "web" else PHONE_CEILING
                 ax.axhline(ceil[key]["images_per_s"], color="#555555", linestyle="--",
                            label="2-core ceiling")
             ax.grid(axis="y", alpha=0.3)
