@@ -9,6 +9,7 @@ computes the same function.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import subprocess
@@ -55,13 +56,24 @@ def ensure(work: Path = WORK) -> Assets:
     repository = work / "repo"
     assets_dirs = photos.write_sets(work / "photos")
     assets = Assets(weights, repository, assets_dirs["web"], assets_dirs["phone"])
-    if not (assets.onnx.is_file() and assets.torchscript.is_file()):
+    stamp = repository / ".built-from"
+    built = stamp.read_text() if stamp.is_file() else ""
+    if not (assets.onnx.is_file() and assets.torchscript.is_file()) or built != model_code():
         subprocess.run(
             [str(VENV_BIN / "ca-serve"), "build-repo", "--weights", str(weights),
              "--target", "gpu", "--output", str(repository)],
             check=True, cwd=ROOT,
         )
+        stamp.write_text(model_code())
     return assets
+
+
+def model_code() -> str:
+    """A digest of the code that shapes the exported models: a change rebuilds them."""
+    digest = hashlib.sha256()
+    for path in sorted((ROOT / "service" / "model").glob("*.py")):
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()
 
 
 def machine() -> str:

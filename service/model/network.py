@@ -77,9 +77,25 @@ class CoordinateAttention(nn.Module):
         self.conv3 = nn.Conv2d(mid_channels, out_channels, kernel_size=1)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.training:
+            return self._joint_forward(x)
+        # Inference: conv1, bn1 (running statistics) and h_swish act on each position on
+        # its own, so running the two strips through them separately is the same function
+        # as concatenating them and splitting after. Pooling with a fixed kernel, no
+        # concat/split/permute and one product of the two gates export to an ONNX graph
+        # without shape arithmetic that ONNX Runtime keeps in its blocked layout: 12.5 ->
+        # 10.3 ms per image on one thread (docs/performance.md). Same outputs within 3e-6.
+        height, width = int(x.shape[2]), int(x.shape[3])
+        pooled_h = F.avg_pool2d(x, (1, width))  # [N, C, H, 1]
+        pooled_w = F.avg_pool2d(x, (height, 1))  # [N, C, 1, W]
+        gate_h = self.conv2(self.relu(self.bn1(self.conv1(pooled_h)))).sigmoid()
+        gate_w = self.conv3(self.relu(self.bn1(self.conv1(pooled_w)))).sigmoid()
+        return x * (gate_h * gate_w)
+
+    def _joint_forward(self, x: Tensor) -> Tensor:
+        """The authors' formulation. Training needs it: bn1's batch statistics are those
+        of both strips together."""
         height, width = x.shape[2], x.shape[3]
-        # mean(keepdim) rather than AdaptiveAvgPool2d((None, 1)): the same numbers, and it
-        # exports to ONNX with a dynamic batch dimension.
         pooled_h = x.mean(dim=3, keepdim=True)  # [N, C, H, 1]
         pooled_w = x.mean(dim=2, keepdim=True).permute(0, 1, 3, 2)  # [N, C, W, 1]
         y = self.relu(self.bn1(self.conv1(torch.cat([pooled_h, pooled_w], dim=2))))

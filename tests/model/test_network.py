@@ -87,3 +87,18 @@ def test_bad_arguments_raise_value_error(kwargs: dict[str, float], message: str)
 def test_bad_stride_raises_value_error() -> None:
     with pytest.raises(ValueError, match="stride"):
         InvertedResidual(16, 16, stride=3, expand_ratio=6)
+
+
+def test_coordinate_attention_trains_on_the_joint_strips() -> None:
+    """In training, bn1 normalises both pooled strips together (the authors' concat)."""
+    torch.manual_seed(0)
+    ca = CoordinateAttention(16, 16).train()
+    x = torch.randn(4, 16, 12, 6)
+    ca(x)
+    strips = torch.cat([x.mean(dim=3, keepdim=True), x.mean(dim=2, keepdim=True).mT], dim=2)
+    with torch.no_grad():
+        joint_mean = ca.conv1(strips).mean(dim=(0, 2, 3))
+    momentum = ca.bn1.momentum
+    assert momentum is not None
+    assert torch.allclose(ca.bn1.running_mean, momentum * joint_mean, atol=1e-6)
+    assert int(ca.bn1.num_batches_tracked) == 1
