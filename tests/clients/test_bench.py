@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -56,14 +57,22 @@ def test_bench_for_a_few_seconds(
         assert image.format == "PNG" and image.size[0] > 800 and image.size[1] > 300
 
 
+def _quiet_bench(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], *args: str
+) -> tuple[int, dict[str, Any]]:
+    """`ca-serve bench ARGS --warmup 0 --quiet`: (exit status, the JSON it wrote)."""
+    out = tmp_path / "results.json"
+    code = main([*args, "--warmup", "0", "--quiet", "--out", str(out)])
+    capsys.readouterr()
+    summary: dict[str, Any] = json.loads(out.read_text())
+    return code, summary
+
+
 def test_bench_by_request_count_with_several_files_per_request(
     gateway: GatewayServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    out = tmp_path / "results.json"
-    code = main(["--url", gateway.url, "--requests", "12", "--concurrency", "4",
-                 "--batch-files", "3", "--warmup", "0", "--quiet", "--out", str(out)])
-    capsys.readouterr()
-    summary = json.loads(out.read_text())
+    code, summary = _quiet_bench(tmp_path, capsys, "--url", gateway.url, "--requests", "12",
+                                 "--concurrency", "4", "--batch-files", "3")
     assert code == 0
     _check_sane(summary)
     assert summary["requests"]["total"] == 12
@@ -127,11 +136,8 @@ def test_bench_drives_triton_directly(
 def test_bench_path_option_posts_elsewhere_and_counts_error_codes(
     gateway: GatewayServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    out = tmp_path / "results.json"
-    code = main(["--url", gateway.url, "--path", "/no-such-endpoint", "--requests", "5",
-                 "--concurrency", "2", "--warmup", "0", "--quiet", "--out", str(out)])
-    capsys.readouterr()
-    summary = json.loads(out.read_text())
+    code, summary = _quiet_bench(tmp_path, capsys, "--url", gateway.url, "--path",
+                                 "/no-such-endpoint", "--requests", "5", "--concurrency", "2")
     assert code == 1  # nothing succeeded
     assert summary["requests"] == {"total": 5, "ok": 0, "failed": 5, "no_answer": 0}
     assert summary["status_counts"] == {"404": 5}
