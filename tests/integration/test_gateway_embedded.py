@@ -153,9 +153,11 @@ def http(gateway: GatewayServer) -> Iterator[httpx.Client]:
         yield client
 
 
-def test_top5_equals_the_served_model_on_checked_preprocessing(
+def assert_photos_answered_as_the_reference(
     http: httpx.Client, photos: list[Path], reference: Reference
 ) -> None:
+    """Each photo alone through `/classify`: the top-5 of `reference.top` (shared with the
+    Triton-backed gateway's test)."""
     for path in photos:
         data = path.read_bytes()
         response = http.post(
@@ -163,6 +165,12 @@ def test_top5_equals_the_served_model_on_checked_preprocessing(
         )
         assert response.status_code == 200, response.text
         assert_same_ranking(answer(response.json()["results"][0]), reference.top(data))
+
+
+def test_top5_equals_the_served_model_on_checked_preprocessing(
+    http: httpx.Client, photos: list[Path], reference: Reference
+) -> None:
+    assert_photos_answered_as_the_reference(http, photos, reference)
 
 
 def test_multipart_photos_answered_in_order(

@@ -14,10 +14,10 @@ import pytest
 
 from service.gateway.settings import Settings
 from tests.integration.test_gateway_embedded import (
-    TOP,
     Reference,
     answer,
     assert_batches_formed,
+    assert_photos_answered_as_the_reference,
     assert_same_ranking,
     classify_all,
     content_type,
@@ -65,13 +65,7 @@ def http(gateway: GatewayServer) -> Iterator[httpx.Client]:
 def test_top5_through_triton_equals_the_served_model(
     http: httpx.Client, photos: list[Path], reference: Reference
 ) -> None:
-    for path in photos:
-        data = path.read_bytes()
-        response = http.post(
-            f"/classify?top_k={TOP}", content=data, headers={"Content-Type": content_type(path)}
-        )
-        assert response.status_code == 200, response.text
-        assert_same_ranking(answer(response.json()["results"][0]), reference.top(data))
+    assert_photos_answered_as_the_reference(http, photos, reference)
     assert http.get("/readyz").json() == {"status": "ready", "backend": "triton", "detail": "ready"}
 
 
