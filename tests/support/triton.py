@@ -7,6 +7,7 @@ backend) over the real KServe v2 HTTP and gRPC protocols. See ../shared/TRITON_O
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -120,8 +121,15 @@ class TritonServer:
 
     def start(self) -> TritonServer:
         log = self.log_path.open("ab")
+        # Its own process group: the Python backend stubs are its children, and a killed
+        # tritonserver leaves them running (orphans holding ~500 MB each) unless the whole
+        # group is signalled.
         self.process = subprocess.Popen(
-            self.command(), stdout=log, stderr=subprocess.STDOUT, env=self.environment()
+            self.command(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.environment(),
+            start_new_session=True,
         )
         log.close()
         self.wait_ready()
@@ -164,21 +172,27 @@ class TritonServer:
         self._signal(signal.SIGCONT)
 
     def kill(self) -> None:
-        self._signal(signal.SIGCONT)
-        self._signal(signal.SIGKILL)
+        """A crash: tritonserver and its backend stubs die at once."""
         if self.process is not None:
+            self._kill_group()
             self.process.wait(timeout=30)
 
     def stop(self, timeout_s: float = 30.0) -> None:
-        if self.process is None or self.process.poll() is not None:
+        if self.process is None:
             return
-        self._signal(signal.SIGCONT)
-        self._signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
+        if self.process.poll() is None:
+            self._signal(signal.SIGCONT)
+            self._signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=timeout_s)
+        self._kill_group()  # whatever is left: a hung server, stubs that outlived it
+        self.process.wait(timeout=10)
+
+    def _kill_group(self) -> None:
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
 
     def restart(self) -> None:
         self.stop()
