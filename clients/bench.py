@@ -62,6 +62,7 @@ class GatewayTarget:
         self.url = url.rstrip("/")
         self.path = path
         self.images_per_request = batch
+        self._host_header = parts.netloc
         host, port = parts.hostname, parts.port or 80
         headers = {"User-Agent": USER_AGENT}
         if api_key:
@@ -81,7 +82,8 @@ class GatewayTarget:
                                       boundary)
                 content_type = f"multipart/form-data; boundary={boundary}"
             self._requests.append(encode_request(
-                "POST", parts.netloc, target, headers | {"Content-Type": content_type}, body))
+                "POST", self._host_header, target, headers | {"Content-Type": content_type},
+                body))
         self._pool = ConnectionPool(host, port, timeout_s=timeout_s)
 
     @property
@@ -90,8 +92,8 @@ class GatewayTarget:
 
     async def start(self) -> None:
         try:
-            await self._pool.exchange(encode_request("GET", urlsplit(self.url).netloc,
-                                                     "/healthz", {"User-Agent": USER_AGENT}))
+            await self._pool.exchange(encode_request("GET", self._host_header, "/healthz",
+                                                     {"User-Agent": USER_AGENT}))
         except HTTPError as exc:
             server = "ca-serve" if self.path == "/classify" else "the server"
             raise RuntimeError(f"cannot reach {server} at {self.url}: {exc}") from exc

@@ -40,7 +40,6 @@ FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 # output pixel, so quality holds while a 12 MP photo decodes ~16x faster.
 DRAFT_MARGIN = 2
 
-
 _SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 
