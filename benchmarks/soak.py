@@ -8,7 +8,12 @@ It first measures the gateway's capacity (closed loop, 8 clients, web-size JPEGs
 offers `--load` times that rate as an open loop (requests are sent on schedule whether or
 not earlier ones have answered, as independent users do) and prints one row per
 `--window-s`: offered and answered counts, 503s, other failures, p50/p99 latency of the
-200s, and the gateway's resident memory (`process_resident_memory_bytes` from /metrics).
+200s as the client saw them, and, to tell a slow gateway from a busy machine or a slow
+client, the gateway's own view from its /metrics (p99 of
+`ca_gateway_request_duration_seconds` for /classify, as the upper bound of its bucket;
+CPU ms per answered request; resident memory) and this machine's busy and stolen CPU
+share from `/proc/stat` (the hypervisor's "steal": time this VM wanted a core and did not
+get one).
 Without `--url` it starts a single-process embedded gateway on `--repository` and stops
 it at the end. Loopback only.
 """
@@ -20,7 +25,6 @@ import asyncio
 import io
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -28,14 +32,14 @@ import time
 import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import aiohttp
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 PHOTOS = Path("/work/shared/testdata/images")
-_RSS = re.compile(r"^process_resident_memory_bytes (\S+)$", re.M)
 
 
 @dataclass(frozen=True)
@@ -139,11 +143,63 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
 
 
-def rss_mib(url: str) -> float:
-    """The gateway's resident memory from its own /metrics (single-process mode)."""
+@dataclass(frozen=True)
+class GatewayView:
+    """What the gateway's /metrics says at one moment (single-process mode)."""
+
+    rss_mib: float
+    cpu_s: float
+    classify_buckets: tuple[tuple[float, float], ...]  # (upper bound s, cumulative count)
+
+    def p99_ms_since(self, before: GatewayView) -> float:
+        """The bucket bound under which 99% of /classify requests since `before` ended."""
+        counts = [(bound, now - then) for (bound, now), (_, then)
+                  in zip(self.classify_buckets, before.classify_buckets, strict=True)]
+        total = counts[-1][1] if counts else 0.0
+        for bound, count in counts:
+            if total and count >= 0.99 * total:
+                return bound * 1000
+        return float("nan")
+
+
+def gateway_view(url: str) -> GatewayView:
     with urllib.request.urlopen(url + "/metrics", timeout=5) as response:
-        match = _RSS.search(response.read().decode())
-    return float(match.group(1)) / 2**20 if match else float("nan")
+        text = response.read().decode()
+    rss = cpu = float("nan")
+    buckets: list[tuple[float, float]] = []
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "process_resident_memory_bytes":
+                rss = sample.value / 2**20
+            elif sample.name == "process_cpu_seconds_total":
+                cpu = sample.value
+            elif (sample.name == "ca_gateway_request_duration_seconds_bucket"
+                  and sample.labels.get("route") == "/classify"):
+                buckets.append((float(sample.labels["le"]), sample.value))
+    return GatewayView(rss, cpu, tuple(sorted(buckets)))
+
+
+@dataclass(frozen=True)
+class MachineCPU:
+    """Cumulative CPU ticks of this machine (all cores) from /proc/stat."""
+
+    busy: int
+    steal: int
+    total: int
+
+    @classmethod
+    def now(cls) -> MachineCPU:
+        with open("/proc/stat") as stat:
+            fields = [int(v) for v in stat.readline().split()[1:]]
+        user, nice, system, idle, iowait, irq, softirq, steal = fields[:8]
+        return cls(user + nice + system + irq + softirq, steal,
+                   user + nice + system + idle + iowait + irq + softirq + steal)
+
+    def shares_since(self, before: MachineCPU) -> tuple[float, float]:
+        """(busy %, steal %) of all CPU time since `before`."""
+        total = max(1, self.total - before.total)
+        return (100 * (self.busy - before.busy) / total,
+                100 * (self.steal - before.steal) / total)
 
 
 @dataclass(frozen=True)
@@ -156,14 +212,21 @@ class Row:
     p50_ms: float
     p99_ms: float
     rss_mib: float
+    gateway_p99_ms: float = float("nan")
+    cpu_ms_per_request: float = float("nan")
+    busy_pct: float = float("nan")
+    steal_pct: float = float("nan")
 
     def line(self) -> str:
         return (f"{self.window:>6} {self.sent:>7} {self.ok:>7} {self.shed:>6} {self.failed:>6} "
-                f"{self.p50_ms:>8.1f} {self.p99_ms:>8.1f} {self.rss_mib:>8.1f}")
+                f"{self.p50_ms:>8.1f} {self.p99_ms:>8.1f} {self.rss_mib:>8.1f} "
+                f"{self.gateway_p99_ms:>7.1f} {self.cpu_ms_per_request:>6.2f} "
+                f"{self.busy_pct:>5.1f} {self.steal_pct:>5.1f}")
 
 
 HEADER = f"{'window':>6} {'sent':>7} {'ok':>7} {'503':>6} {'other':>6} " \
-         f"{'p50 ms':>8} {'p99 ms':>8} {'RSS MiB':>8}"
+         f"{'p50 ms':>8} {'p99 ms':>8} {'RSS MiB':>8} {'gw p99':>7} {'cpu ms':>6} " \
+         f"{'busy%':>5} {'steal%':>5}"
 
 
 def summarize(window: int, samples: Sequence[Sample], rss: float) -> Row:
@@ -171,6 +234,17 @@ def summarize(window: int, samples: Sequence[Sample], rss: float) -> Row:
     shed = sum(1 for s in samples if s.status == 503)
     return Row(window, len(samples), len(ok), shed, len(samples) - len(ok) - shed,
                statistics.median(ok) if ok else float("nan"), percentile(ok, 0.99), rss)
+
+
+def observed_window(window: int, samples: Sequence[Sample], url: str,
+                    gateway_before: GatewayView, machine_before: MachineCPU) -> Row:
+    """`summarize`, plus the gateway's and the machine's view of the same window."""
+    gateway, machine = gateway_view(url), MachineCPU.now()
+    row = summarize(window, samples, gateway.rss_mib)
+    busy, steal = machine.shares_since(machine_before)
+    cpu_ms = 1000 * (gateway.cpu_s - gateway_before.cpu_s) / max(1, row.ok)
+    return replace(row, gateway_p99_ms=gateway.p99_ms_since(gateway_before),
+                   cpu_ms_per_request=cpu_ms, busy_pct=busy, steal_pct=steal)
 
 
 def soak(
@@ -181,8 +255,9 @@ def soak(
     windows = max(1, round(minutes * 60 / window_s))
     print(HEADER, flush=True)
     for window in range(1, windows + 1):
+        gateway, machine = gateway_view(url), MachineCPU.now()
         samples = asyncio.run(open_loop(url, rate, window_s, photos))
-        rows.append(summarize(window, samples, rss_mib(url)))
+        rows.append(observed_window(window, samples, url, gateway, machine))
         print(rows[-1].line(), flush=True)
     return rows
 

@@ -14,7 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.soak import capacity, closed_loop, open_loop, percentile, web_photos
+from benchmarks.soak import (
+    MachineCPU,
+    capacity,
+    closed_loop,
+    gateway_view,
+    observed_window,
+    open_loop,
+    percentile,
+    web_photos,
+)
 from service.gateway.settings import Settings
 from tests.reliability.support import peak_rss_mib, rss_mib
 from tests.support.gateway import GatewayServer
@@ -75,3 +84,17 @@ def test_three_times_capacity(real_gateway: GatewayServer) -> None:
             break
     print(f"p50 before {normal * 1000:.0f} ms, after {after * 1000:.0f} ms")
     assert after < 2 * normal + 0.05, (normal, after)
+
+
+def test_soak_window_reports_the_gateways_own_view(real_gateway: GatewayServer) -> None:
+    """A soak row carries the gateway's p99 and CPU per request besides the client's."""
+    url, photos = real_gateway.url, web_photos()
+    gateway_before, machine_before = gateway_view(url), MachineCPU.now()
+    samples = asyncio.run(open_loop(url, 20.0, 1.5, photos))
+    row = observed_window(1, samples, url, gateway_before, machine_before)
+    assert row.ok == row.sent == 30, row
+    # The gateway's own p99 is a bucket bound; it ends before the client sees the answer.
+    assert 0 < row.gateway_p99_ms <= 2 * row.p99_ms + 1, row
+    assert 1.0 < row.cpu_ms_per_request < 1000, row
+    assert 0 < row.busy_pct <= 100 and 0 <= row.steal_pct <= 100, row
+    assert row.rss_mib > 50, row
