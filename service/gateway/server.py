@@ -32,7 +32,7 @@ def app_from_environment() -> FastAPI:
     """App factory for multi-worker mode: each worker reads its own `CA_*` settings."""
     settings = Settings()
     configure_logging(settings.log_level)
-    return create_app(settings)
+    return create_app(settings, freeze_startup_objects=True)
 
 
 def uvicorn_config(settings: Settings) -> uvicorn.Config:
@@ -55,7 +55,7 @@ def uvicorn_config(settings: Settings) -> uvicorn.Config:
             workers=settings.workers,
             **common,  # type: ignore[arg-type]
         )
-    return uvicorn.Config(create_app(settings), **common)  # type: ignore[arg-type]
+    return uvicorn.Config(create_app(settings, freeze_startup_objects=True), **common)  # type: ignore[arg-type]
 
 
 def serve(settings: Settings) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import logging
@@ -185,3 +186,19 @@ def test_scores_are_floats_in_unit_interval() -> None:
     top = top_k_from_probs(probs, 2)
     assert top.indices.tolist() == [[1, 2], [2, 0]]  # ties: lower index first
     assert top.row(1, 2) == [(2, pytest.approx(0.4)), (0, pytest.approx(0.3))]
+
+
+async def test_a_serving_app_freezes_what_startup_left(tiny_settings: Settings) -> None:
+    """Objects alive once the model is loaded are left out of later full collections."""
+    gc.unfreeze()
+    try:
+        async for client in open_client(create_app(tiny_settings, backend=FakeBackend())):
+            assert (await client.get("/readyz")).status_code == 200
+            assert gc.get_freeze_count() == 0  # not asked to: tests build many apps
+        async for client in open_client(
+            create_app(tiny_settings, backend=FakeBackend(), freeze_startup_objects=True)
+        ):
+            assert (await client.get("/readyz")).status_code == 200
+            assert gc.get_freeze_count() > 1000
+    finally:
+        gc.unfreeze()
