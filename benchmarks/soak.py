@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
+import hashlib
 import io
 import json
 import os
@@ -216,17 +218,18 @@ class Row:
     cpu_ms_per_request: float = float("nan")
     busy_pct: float = float("nan")
     steal_pct: float = float("nan")
+    probe_ms: float = float("nan")
 
     def line(self) -> str:
         return (f"{self.window:>6} {self.sent:>7} {self.ok:>7} {self.shed:>6} {self.failed:>6} "
                 f"{self.p50_ms:>8.1f} {self.p99_ms:>8.1f} {self.rss_mib:>8.1f} "
                 f"{self.gateway_p99_ms:>7.1f} {self.cpu_ms_per_request:>6.2f} "
-                f"{self.busy_pct:>5.1f} {self.steal_pct:>5.1f}")
+                f"{self.busy_pct:>5.1f} {self.steal_pct:>5.1f} {self.probe_ms:>6.1f}")
 
 
 HEADER = f"{'window':>6} {'sent':>7} {'ok':>7} {'503':>6} {'other':>6} " \
          f"{'p50 ms':>8} {'p99 ms':>8} {'RSS MiB':>8} {'gw p99':>7} {'cpu ms':>6} " \
-         f"{'busy%':>5} {'steal%':>5}"
+         f"{'busy%':>5} {'steal%':>5} {'probe':>6}"
 
 
 def summarize(window: int, samples: Sequence[Sample], rss: float) -> Row:
@@ -244,7 +247,27 @@ def observed_window(window: int, samples: Sequence[Sample], url: str,
     busy, steal = machine.shares_since(machine_before)
     cpu_ms = 1000 * (gateway.cpu_s - gateway_before.cpu_s) / max(1, row.ok)
     return replace(row, gateway_p99_ms=gateway.p99_ms_since(gateway_before),
-                   cpu_ms_per_request=cpu_ms, busy_pct=busy, steal_pct=steal)
+                   cpu_ms_per_request=cpu_ms, busy_pct=busy, steal_pct=steal,
+                   probe_ms=machine_probe_ms())
+
+
+_PROBE_DATA = bytes(range(256)) * 16384  # 4 MiB
+
+
+def machine_probe_ms(runs: int = 3) -> float:
+    """CPU time (not wall time, so waiting for a core does not count) of a fixed piece of
+    work: hashing 4 MiB and a 200k-step Python loop, fastest of `runs`. It rises when the
+    cores themselves run slower, e.g. a neighbour on the same physical core or memory bus,
+    which /proc/stat cannot show. A few ms of CPU per window."""
+    best = float("inf")
+    for _ in range(runs):
+        started = time.thread_time()
+        hashlib.sha256(_PROBE_DATA).digest()
+        total = 0
+        for n in range(200_000):
+            total += n
+        best = min(best, time.thread_time() - started)
+    return best * 1000
 
 
 def soak(
@@ -302,6 +325,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window-s", type=float, default=60.0)
     args = parser.parse_args(argv)
     photos = web_photos()
+    # The load generator's own full collections (up to 74 ms in a soak) would delay reading
+    # answers and bunch up sends; what exists now is never garbage, so they skip it.
+    gc.freeze()
 
     def run(url: str) -> None:
         rate = args.rate

@@ -97,4 +97,5 @@ def test_soak_window_reports_the_gateways_own_view(real_gateway: GatewayServer) 
     assert 0 < row.gateway_p99_ms <= 2 * row.p99_ms + 1, row
     assert 1.0 < row.cpu_ms_per_request < 1000, row
     assert 0 < row.busy_pct <= 100 and 0 <= row.steal_pct <= 100, row
+    assert 0.1 < row.probe_ms < 1000, row
     assert row.rss_mib > 50, row
