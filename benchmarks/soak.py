@@ -13,7 +13,8 @@ client, the gateway's own view from its /metrics (p99 of
 `ca_gateway_request_duration_seconds` for /classify, as the upper bound of its bucket;
 CPU ms per answered request; resident memory) and this machine's busy and stolen CPU
 share from `/proc/stat` (the hypervisor's "steal": time this VM wanted a core and did not
-get one).
+get one), and a probe: the CPU time a fixed piece of work takes, which rises when the
+cores themselves run slower.
 Without `--url` it starts a single-process embedded gateway on `--repository` and stops
 it at the end. Loopback only.
 """

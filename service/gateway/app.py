@@ -45,10 +45,10 @@ def create_app(
     """Build the app. `registry` isolates metrics (a fresh one by default); `backend`
     replaces the one `settings.backend` names (tests use fakes). A serving process sets
     `freeze_startup_objects`: once the model is loaded, everything alive then (modules,
-    the ONNX Runtime session's Python side, pydantic schemas: ~70k objects) moves out of
+    the ONNX Runtime session's Python side, pydantic schemas: ~68k objects) moves out of
     the garbage collector's reach, so a full collection walks only what requests made.
-    In the 30-minute soak these took 25-105 ms each, every few minutes, with the event
-    loop stopped (docs/reliability.md)."""
+    Without it, full collections in a 30-minute soak took 36-105 ms each, every few
+    minutes, with the event loop stopped (docs/reliability.md)."""
     metrics = GatewayMetrics(settings.backend, registry)
 
     @asynccontextmanager
