@@ -109,7 +109,7 @@ def test_triton_dies_mid_traffic_then_recovers(
     before = http.post("/classify", content=data, headers={"Content-Type": ctype})
     assert before.status_code == 200
 
-    async def traffic(stop: asyncio.Event) -> list[tuple[int, str, float]]:
+    async def traffic(stop: asyncio.Event, answered: asyncio.Event) -> list[tuple[int, str, float]]:
         seen: list[tuple[int, str, float]] = []
         async with httpx.AsyncClient(base_url=gateway.url, timeout=30.0) as client:
             while not stop.is_set():
@@ -117,12 +117,16 @@ def test_triton_dies_mid_traffic_then_recovers(
                 r = await client.post("/classify", content=data, headers={"Content-Type": ctype})
                 code = r.json()["error"]["code"] if r.status_code != 200 else ""
                 seen.append((r.status_code, code, time.monotonic() - start))
+                if r.status_code == 200:
+                    answered.set()
         return seen
 
     async def scenario() -> list[tuple[int, str, float]]:
-        stop = asyncio.Event()
-        workers = [asyncio.ensure_future(traffic(stop)) for _ in range(4)]
-        await asyncio.sleep(0.5)
+        stop, answered = asyncio.Event(), asyncio.Event()
+        workers = [asyncio.ensure_future(traffic(stop, answered)) for _ in range(4)]
+        # Kill Triton once traffic is flowing, not after a fixed pause: on a slow machine
+        # four requests through Triton took longer than 0.5 s and none had been answered.
+        await asyncio.wait_for(answered.wait(), timeout=30)
         await asyncio.to_thread(triton.kill)
         await asyncio.sleep(1.5)
         stop.set()
