@@ -205,6 +205,38 @@ class MachineCPU:
                 100 * (self.steal - before.steal) / total)
 
 
+_PROBE_DATA = bytes(range(256)) * 16384  # 4 MiB
+
+
+def machine_probe_ms(runs: int = 3) -> float:
+    """CPU time (not wall time, so waiting for a core does not count) of a fixed piece of
+    work: hashing 4 MiB and a 200k-step Python loop, fastest of `runs`. It rises when the
+    cores themselves run slower, e.g. a neighbour on the same physical core or memory bus,
+    which /proc/stat cannot show. A few ms of CPU per window."""
+    best = float("inf")
+    for _ in range(runs):
+        started = time.thread_time()
+        hashlib.sha256(_PROBE_DATA).digest()
+        total = 0
+        for n in range(200_000):
+            total += n
+        best = min(best, time.thread_time() - started)
+    return best * 1000
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The gateway's /metrics, /proc/stat and the probe at one window boundary."""
+
+    gateway: GatewayView
+    machine: MachineCPU
+    probe_ms: float
+
+    @classmethod
+    def take(cls, url: str) -> Snapshot:
+        return cls(gateway_view(url), MachineCPU.now(), machine_probe_ms())
+
+
 @dataclass(frozen=True)
 class Row:
     window: int
@@ -240,35 +272,15 @@ def summarize(window: int, samples: Sequence[Sample], rss: float) -> Row:
                statistics.median(ok) if ok else float("nan"), percentile(ok, 0.99), rss)
 
 
-def observed_window(window: int, samples: Sequence[Sample], url: str,
-                    gateway_before: GatewayView, machine_before: MachineCPU) -> Row:
+def window_row(window: int, samples: Sequence[Sample], before: Snapshot,
+               after: Snapshot) -> Row:
     """`summarize`, plus the gateway's and the machine's view of the same window."""
-    gateway, machine = gateway_view(url), MachineCPU.now()
-    row = summarize(window, samples, gateway.rss_mib)
-    busy, steal = machine.shares_since(machine_before)
-    cpu_ms = 1000 * (gateway.cpu_s - gateway_before.cpu_s) / max(1, row.ok)
-    return replace(row, gateway_p99_ms=gateway.p99_ms_since(gateway_before),
+    row = summarize(window, samples, after.gateway.rss_mib)
+    busy, steal = after.machine.shares_since(before.machine)
+    cpu_ms = 1000 * (after.gateway.cpu_s - before.gateway.cpu_s) / max(1, row.ok)
+    return replace(row, gateway_p99_ms=after.gateway.p99_ms_since(before.gateway),
                    cpu_ms_per_request=cpu_ms, busy_pct=busy, steal_pct=steal,
-                   probe_ms=machine_probe_ms())
-
-
-_PROBE_DATA = bytes(range(256)) * 16384  # 4 MiB
-
-
-def machine_probe_ms(runs: int = 3) -> float:
-    """CPU time (not wall time, so waiting for a core does not count) of a fixed piece of
-    work: hashing 4 MiB and a 200k-step Python loop, fastest of `runs`. It rises when the
-    cores themselves run slower, e.g. a neighbour on the same physical core or memory bus,
-    which /proc/stat cannot show. A few ms of CPU per window."""
-    best = float("inf")
-    for _ in range(runs):
-        started = time.thread_time()
-        hashlib.sha256(_PROBE_DATA).digest()
-        total = 0
-        for n in range(200_000):
-            total += n
-        best = min(best, time.thread_time() - started)
-    return best * 1000
+                   probe_ms=after.probe_ms)
 
 
 def soak(
@@ -278,11 +290,13 @@ def soak(
     rows = []
     windows = max(1, round(minutes * 60 / window_s))
     print(HEADER, flush=True)
+    before = Snapshot.take(url)
     for window in range(1, windows + 1):
-        gateway, machine = gateway_view(url), MachineCPU.now()
         samples = asyncio.run(open_loop(url, rate, window_s, photos))
-        rows.append(observed_window(window, samples, url, gateway, machine))
+        after = Snapshot.take(url)  # also the next window's start
+        rows.append(window_row(window, samples, before, after))
         print(rows[-1].line(), flush=True)
+        before = after
     return rows
 
 

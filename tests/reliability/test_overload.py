@@ -15,14 +15,13 @@ from pathlib import Path
 import pytest
 
 from benchmarks.soak import (
-    MachineCPU,
+    Snapshot,
     capacity,
     closed_loop,
-    gateway_view,
-    observed_window,
     open_loop,
     percentile,
     web_photos,
+    window_row,
 )
 from service.gateway.settings import Settings
 from tests.reliability.support import peak_rss_mib, rss_mib
@@ -89,9 +88,9 @@ def test_three_times_capacity(real_gateway: GatewayServer) -> None:
 def test_soak_window_reports_the_gateways_own_view(real_gateway: GatewayServer) -> None:
     """A soak row carries the gateway's p99 and CPU per request besides the client's."""
     url, photos = real_gateway.url, web_photos()
-    gateway_before, machine_before = gateway_view(url), MachineCPU.now()
+    before = Snapshot.take(url)
     samples = asyncio.run(open_loop(url, 20.0, 1.5, photos))
-    row = observed_window(1, samples, url, gateway_before, machine_before)
+    row = window_row(1, samples, before, Snapshot.take(url))
     assert row.ok == row.sent == 30, row
     # The gateway's own p99 is a bucket bound; it ends before the client sees the answer.
     assert 0 < row.gateway_p99_ms <= 2 * row.p99_ms + 1, row
