@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -42,40 +42,71 @@ def _f(value: float, digits: int = 1) -> str:
     return "–" if math.isnan(value) else f"{value:.{digits}f}"
 
 
-def goals(result: dict[str, Any],
-          gw: str = "gateway") -> list[tuple[str, str, bool | None]]:
-    """(goal, measured, met) rows; met is None where a number is missing."""
+class Goal(NamedTuple):
+    """One goal row: the single-run value, and the paired rounds' median where measured."""
+
+    goal: str
+    measured: str
+    met: bool | None  # None where a number is missing
+    paired: str = "–"
+    paired_met: bool | None = None
+
+
+# How each paired-rounds value prints (`benchmarks.paired.round_ratios` keys).
+PAIRED_FORMATS = {"c32_of_ceiling": "{:.0%}", "c1_p50_ms": "{:.1f} ms"}
+
+
+def _judge(value: float, limit: float, above: bool) -> bool | None:
+    return None if math.isnan(value) else (value >= limit if above else value < limit)
+
+
+def goals(result: dict[str, Any], gw: str = "gateway") -> list[Goal]:
+    """The goal rows for gateway column `gw` (paired values only for the main gateway)."""
     ceil = result["ceiling"]["ceiling"]
     web_ceiling = ceil[WEB_CEILING]["images_per_s"]
     phone_ceiling = ceil[PHONE_CEILING]["images_per_s"]
     phone_own = ceil["phone_gateway_draft"]["images_per_s"]
+    paired = (result.get("paired") or {}).get("medians", {}) if gw == "gateway" else {}
 
     def p(service: str, photos: str, c: int) -> dict[str, Any] | None:
         return _point(result, service, photos, c)
 
-    rows: list[tuple[str, str, bool | None]] = []
+    rows: list[Goal] = []
 
-    def add(goal: str, value: float, limit: float, text: str, above: bool = True) -> None:
-        met = None if math.isnan(value) else (value >= limit if above else value < limit)
-        rows.append((goal, text, met))
+    def add(goal: str, value: float, limit: float, text: str, above: bool = True,
+            paired_key: str = "") -> None:
+        row = Goal(goal, text, _judge(value, limit, above))
+        spread = paired.get(paired_key)
+        if spread:
+            fmt = PAIRED_FORMATS.get(paired_key, "{:.2f}")
+            row = row._replace(
+                paired=f"{fmt.format(spread['median'])} ({fmt.format(spread['min'])} to "
+                       f"{fmt.format(spread['max'])}, {spread['n']} round"
+                       f"{'s' if spread['n'] != 1 else ''})",
+                paired_met=_judge(spread["median"], limit, above))
+        rows.append(row)
 
     gw32 = _rps(p(gw, "web", 32))
     streams = ceil.get("web_concurrent_streams", {}).get("images_per_s")
     beside = (f" (against the ceiling at the concurrent-stream ORT cost, {streams:.1f}: "
               f"{gw32 / streams:.0%})" if streams else "")
     add("web c=32 >= 90% of the 2-core ceiling", gw32 / web_ceiling, 0.9,
-        f"{gw32:.1f} / {web_ceiling:.1f} = {gw32 / web_ceiling:.0%}{beside}")
+        f"{gw32:.1f} / {web_ceiling:.1f} = {gw32 / web_ceiling:.0%}{beside}",
+        paired_key="c32_of_ceiling")
     ts32, pf32 = _rps(p("torchserve", "web", 32)), _rps(p("plain_fastapi", "web", 32))
-    add("web c=32 >= 1.5x TorchServe", gw32 / ts32, 1.5, f"{gw32 / ts32:.2f}x")
-    add("web c=32 >= 3.5x plain FastAPI", gw32 / pf32, 3.5, f"{gw32 / pf32:.2f}x")
+    add("web c=32 >= 1.5x TorchServe", gw32 / ts32, 1.5, f"{gw32 / ts32:.2f}x",
+        paired_key="c32_vs_torchserve")
+    add("web c=32 >= 3.5x plain FastAPI", gw32 / pf32, 3.5, f"{gw32 / pf32:.2f}x",
+        paired_key="c32_vs_plain_fastapi")
     gw8, ts8 = p(gw, "web", 8), p("torchserve", "web", 8)
     add("web c=8 >= 2x TorchServe throughput", _rps(gw8) / _rps(ts8), 2.0,
-        f"{_rps(gw8) / _rps(ts8):.2f}x")
+        f"{_rps(gw8) / _rps(ts8):.2f}x", paired_key="c8_vs_torchserve")
     add("web c=8 p99 < half TorchServe's", _lat(gw8, "p99") / _lat(ts8, "p99"), 0.5,
         f"{_lat(gw8, 'p99'):.0f} ms vs {_lat(ts8, 'p99'):.0f} ms "
-        f"({_lat(gw8, 'p99') / _lat(ts8, 'p99'):.2f})", above=False)
+        f"({_lat(gw8, 'p99') / _lat(ts8, 'p99'):.2f})", above=False,
+        paired_key="c8_p99_vs_torchserve")
     p50 = _lat(p(gw, "web", 1), "p50")
-    add("web c=1 p50 < 15 ms", p50, 15.0, f"{p50:.1f} ms", above=False)
+    add("web c=1 p50 < 15 ms", p50, 15.0, f"{p50:.1f} ms", above=False, paired_key="c1_p50_ms")
     ph8 = _rps(p(gw, "phone", 8))
     add("phone c=8 >= 85% of the phone ceiling", ph8 / phone_ceiling, 0.85,
         f"{ph8:.1f} / {phone_ceiling:.1f} = {ph8 / phone_ceiling:.0%} (against a ceiling "
@@ -92,6 +123,31 @@ def goals(result: dict[str, Any],
         add("gateway RSS < TorchServe RSS", rss[gw], rss["torchserve"],
             f"{rss[gw]:.0f} MB vs {rss['torchserve']:.0f} MB", above=False)
     return rows
+
+
+def _mark(met: bool | None) -> str:
+    return "–" if met is None else ("yes" if met else "**no**")
+
+
+def paired_section(paired: dict[str, Any]) -> list[str]:
+    """Markdown for `benchmarks.paired`: each round between its two ceiling probes."""
+    lines = ["", "## Paired rounds (drift control)", "",
+             f"Each round loads web photos for {paired['duration_s']:g} s per point between two "
+             "ceiling probes (ORT 1 thread + plain Pillow); its ratios use the mean of those "
+             "probes. The goals table shows the medians.", "",
+             "| round | probe before -> after (images/s) | ceiling | gateway c=32 | of ceiling "
+             "| / TorchServe | / plain FastAPI | c=8 / TorchServe | c=8 p99 / TorchServe's "
+             "| c=1 p50 ms |",
+             "|" + " --- |" * 10]
+    probes = paired["probes"]
+    for index, r in enumerate(paired["rounds"]):
+        lines.append(
+            f"| {index + 1} | {probes[index]['ceiling']} -> {probes[index + 1]['ceiling']} | "
+            f"{r['ceiling']:.1f} | {_f(r['gateway_c32'])} | {_f(r['c32_of_ceiling'] * 100, 0)}% "
+            f"| {_f(r['c32_vs_torchserve'], 2)} | {_f(r['c32_vs_plain_fastapi'], 2)} "
+            f"| {_f(r['c8_vs_torchserve'], 2)} | {_f(r['c8_p99_vs_torchserve'], 2)} "
+            f"| {_f(r['c1_p50_ms'])} |")
+    return lines
 
 
 def titles(result: dict[str, Any]) -> dict[str, str]:
@@ -162,10 +218,13 @@ def markdown(result: dict[str, Any], plot_name: str) -> str:
                          f"{derived[key]['images_per_s']} images/s |")
     for gw in (s for s in ("gateway", "gateway_tuned") if s in services):
         lines += ["", f"## Goals (issue 7), {titles(result)[gw]}", "",
-                  "| goal | measured | met |", "| --- | --- | --- |"]
-        for goal, text, met in goals(result, gw):
-            mark = "–" if met is None else ("yes" if met else "**no**")
-            lines.append(f"| {goal} | {text} | {mark} |")
+                  "| goal | measured (main points) | met | paired rounds: median (range) "
+                  "| met |", "| --- | --- | --- | --- | --- |"]
+        for row in goals(result, gw):
+            lines.append(f"| {row.goal} | {row.measured} | {_mark(row.met)} | {row.paired} "
+                         f"| {_mark(row.paired_met)} |")
+    if result.get("paired"):
+        lines += paired_section(result["paired"])
     if result.get("rss_mb"):
         lines += ["", "RSS after the load points (MB, whole process group): " + ", ".join(
             f"{titles(result).get(k, k)} {v:.0f}" for k, v in result["rss_mb"].items())]

@@ -6,14 +6,17 @@
    concurrency 1, 8, 32) run against each service in turn, so slow drifts in the load of
    this shared machine hit all three alike. Every service through `ca-serve bench`
    (TorchServe with `--path /predictions/<model>`).
-3. Memory: a fresh gateway's RSS after 1,000 and after 10,000 requests (web, concurrency
+3. Paired rounds (`benchmarks.paired`, `--rounds`): the web goal points again, each round
+   between two short ceiling probes, so the goal ratios compare moments of the same
+   machine speed.
+4. Memory: a fresh gateway's RSS after 1,000 and after 10,000 requests (web, concurrency
    8); every service's RSS after its load points.
 
 Loopback only, bounded durations and counts; every server started is stopped at the end
 (also on errors and Ctrl-C). `--quick` halves durations and the memory run.
 
-`.venv/bin/python -m benchmarks.run_all [--duration 12] [--quick] [--skip-peers]
-    [--gateway-env CA_MAX_BATCH_SIZE=16 ...]`
+`.venv/bin/python -m benchmarks.run_all [--duration 12] [--rounds 5] [--quick]
+    [--skip-peers] [--gateway-env CA_MAX_BATCH_SIZE=16 ...]`
 """
 
 from __future__ import annotations
@@ -27,9 +30,10 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import assets as assets_mod
-from benchmarks import ceiling, report
+from benchmarks import ceiling, paired, report
 from benchmarks.peers import torchserve
 from benchmarks.servers import Server, free_port
+from service.spec import ModelSpec
 
 RESULTS = assets_mod.ROOT / "benchmarks" / "results"
 CONCURRENCY = (1, 8, 32)
@@ -78,6 +82,24 @@ def load(server: Server, images: Path, concurrency: int, out: Path, *,
     return summary
 
 
+def paired_rounds(found: assets_mod.Assets, ceiling_result: dict[str, Any],
+                  servers: list[Server], rounds: int, duration_s: float,
+                  work: Path) -> dict[str, Any] | None:
+    """`benchmarks.paired` on the started servers; the probe uses the best 1-thread batch."""
+    if rounds < 1:
+        return None
+    print(f"== paired rounds ({rounds} x {len(paired.POINTS)} points, {duration_s:g} s each)",
+          flush=True)
+    spec = ModelSpec.load(found.repository / assets_mod.ONNX_MODEL_NAME)
+    batch = min((p for p in ceiling_result["onnx"] if p["threads"] == 1),
+                key=lambda p: p["core_ms_per_image"])["batch"]
+    probe = paired.CeilingProbe(found.onnx, spec, found.web, batch)
+    by_service = {s.name.split("(")[0]: s for s in servers}
+    return paired.run(by_service, probe, found.web, rounds, duration_s, work,
+                      lambda server, images, c, out, d: load(server, images, c, out,
+                                                             duration_s=d))
+
+
 def memory_run(found: assets_mod.Assets, env: dict[str, str], work: Path,
                first: int, total: int) -> dict[str, float]:
     """A fresh gateway's RSS after `first` and after `total` requests (web, concurrency 8)."""
@@ -100,6 +122,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="shorter points and memory run")
     parser.add_argument("--skip-peers", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="paired rounds after the main points (0: none; --quick: 3)")
     parser.add_argument("--gateway-env", action="append", default=[], metavar="CA_X=V",
                         help="settings for the gateway under test (repeatable)")
     parser.add_argument("--tuned-env", action="append", default=[], metavar="CA_X=V",
@@ -149,6 +173,8 @@ def main() -> None:
                                    "concurrency": concurrency, "summary": summary})
         for server in servers:
             rss[server.name.split("(")[0]] = server.rss_mb()
+        rounds = min(args.rounds, 3) if args.quick else args.rounds
+        paired_result = paired_rounds(found, ceiling_result, servers, rounds, duration / 2, work)
     memory: dict[str, float] = {}
     if not args.skip_memory:
         print("== gateway memory run", flush=True)
@@ -164,6 +190,7 @@ def main() -> None:
         "torchserve_config": next((s.name for s in servers if s.name.startswith("torchserve")),
                                   None),
         "ceiling": ceiling_result, "points": points, "rss_mb": rss, "memory": memory,
+        "paired": paired_result,
     }
     (work / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     stem = f"{started:%Y-%m-%d-%H%M}"
