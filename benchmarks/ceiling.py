@@ -174,6 +174,12 @@ def derive(onnx: list[dict[str, Any]], pre: dict[str, dict[str, float]],
     return ceilings
 
 
+def best_single_thread_batch(onnx: list[dict[str, Any]]) -> int:
+    """The batch at which one-thread ORT costs the fewest core-ms per image."""
+    best = min((p for p in onnx if p["threads"] == 1), key=lambda p: p["core_ms_per_image"])
+    return int(best["batch"])
+
+
 def run(quick: bool = False) -> dict[str, Any]:
     found = assets_mod.ensure()
     spec = ModelSpec.load(found.repository / assets_mod.ONNX_MODEL_NAME)
@@ -186,8 +192,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     sets = {"web": photos.read_set(found.web), "phone": photos.read_set(found.phone)}
     pre = preprocess_points(sets, spec, min_s)
     derived = derive(onnx, pre, cores)
-    best_batch = min((p for p in onnx if p["threads"] == 1),
-                     key=lambda p: p["core_ms_per_image"])["batch"]
+    best_batch = best_single_thread_batch(onnx)
     streams = concurrent_streams(found.onnx, spec, cores, best_batch, 2 * min_s)
     for set_name in sets:
         total = streams["core_ms_per_image"] + pre[set_name]["plain_pillow_draft"]

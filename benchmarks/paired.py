@@ -28,6 +28,7 @@ import numpy as np
 
 from benchmarks import photos
 from benchmarks.ceiling import plain_preprocess, timed
+from benchmarks.report import latency_ms, requests_per_s
 from benchmarks.servers import Server
 from service.gateway.backends.embedded import open_session
 from service.spec import ModelSpec
@@ -86,14 +87,10 @@ def round_ratios(before: Mapping[str, Any], after: Mapping[str, Any],
     ceiling = before["cores"] * 1000 / core_ms
 
     def rps(service: str, c: int) -> float:
-        summary = loads.get((service, "web", c))
-        return float(summary["throughput"]["requests_per_s"]) if summary else float("nan")
+        return requests_per_s(loads.get((service, "web", c)))
 
     def lat(service: str, c: int, key: str) -> float:
-        summary = loads.get((service, "web", c))
-        if not summary or not summary["latency_ms"]:
-            return float("nan")
-        return float(summary["latency_ms"][key])
+        return latency_ms(loads.get((service, "web", c)), key)
 
     return {
         "ceiling": ceiling,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -22,11 +23,13 @@ def _point(result: dict[str, Any], service: str, photos: str, c: int) -> dict[st
     return None
 
 
-def _rps(summary: dict[str, Any] | None) -> float:
+def requests_per_s(summary: Mapping[str, Any] | None) -> float:
+    """A `ca-serve bench` summary's requests/s; NaN without one."""
     return float(summary["throughput"]["requests_per_s"]) if summary else math.nan
 
 
-def _lat(summary: dict[str, Any] | None, key: str) -> float:
+def latency_ms(summary: Mapping[str, Any] | None, key: str) -> float:
+    """A summary's latency percentile `key` ("p50", "p99"); NaN without one."""
     if not summary or not summary["latency_ms"]:
         return math.nan
     return float(summary["latency_ms"][key])
@@ -86,28 +89,29 @@ def goals(result: dict[str, Any], gw: str = "gateway") -> list[Goal]:
                 paired_met=_judge(spread["median"], limit, above))
         rows.append(row)
 
-    gw32 = _rps(p(gw, "web", 32))
+    gw32 = requests_per_s(p(gw, "web", 32))
     streams = ceil.get("web_concurrent_streams", {}).get("images_per_s")
     beside = (f" (against the ceiling at the concurrent-stream ORT cost, {streams:.1f}: "
               f"{gw32 / streams:.0%})" if streams else "")
     add("web c=32 >= 90% of the 2-core ceiling", gw32 / web_ceiling, 0.9,
         f"{gw32:.1f} / {web_ceiling:.1f} = {gw32 / web_ceiling:.0%}{beside}",
         paired_key="c32_of_ceiling")
-    ts32, pf32 = _rps(p("torchserve", "web", 32)), _rps(p("plain_fastapi", "web", 32))
+    ts32 = requests_per_s(p("torchserve", "web", 32))
+    pf32 = requests_per_s(p("plain_fastapi", "web", 32))
     add("web c=32 >= 1.5x TorchServe", gw32 / ts32, 1.5, f"{gw32 / ts32:.2f}x",
         paired_key="c32_vs_torchserve")
     add("web c=32 >= 3.5x plain FastAPI", gw32 / pf32, 3.5, f"{gw32 / pf32:.2f}x",
         paired_key="c32_vs_plain_fastapi")
     gw8, ts8 = p(gw, "web", 8), p("torchserve", "web", 8)
-    add("web c=8 >= 2x TorchServe throughput", _rps(gw8) / _rps(ts8), 2.0,
-        f"{_rps(gw8) / _rps(ts8):.2f}x", paired_key="c8_vs_torchserve")
-    add("web c=8 p99 < half TorchServe's", _lat(gw8, "p99") / _lat(ts8, "p99"), 0.5,
-        f"{_lat(gw8, 'p99'):.0f} ms vs {_lat(ts8, 'p99'):.0f} ms "
-        f"({_lat(gw8, 'p99') / _lat(ts8, 'p99'):.2f})", above=False,
+    add("web c=8 >= 2x TorchServe throughput", requests_per_s(gw8) / requests_per_s(ts8), 2.0,
+        f"{requests_per_s(gw8) / requests_per_s(ts8):.2f}x", paired_key="c8_vs_torchserve")
+    add("web c=8 p99 < half TorchServe's", latency_ms(gw8, "p99") / latency_ms(ts8, "p99"), 0.5,
+        f"{latency_ms(gw8, 'p99'):.0f} ms vs {latency_ms(ts8, 'p99'):.0f} ms "
+        f"({latency_ms(gw8, 'p99') / latency_ms(ts8, 'p99'):.2f})", above=False,
         paired_key="c8_p99_vs_torchserve")
-    p50 = _lat(p(gw, "web", 1), "p50")
+    p50 = latency_ms(p(gw, "web", 1), "p50")
     add("web c=1 p50 < 15 ms", p50, 15.0, f"{p50:.1f} ms", above=False, paired_key="c1_p50_ms")
-    ph8 = _rps(p(gw, "phone", 8))
+    ph8 = requests_per_s(p(gw, "phone", 8))
     add("phone c=8 >= 85% of the phone ceiling", ph8 / phone_ceiling, 0.85,
         f"{ph8:.1f} / {phone_ceiling:.1f} = {ph8 / phone_ceiling:.0%} (against a ceiling "
         f"with the gateway's own preprocessing, {phone_own:.1f}: {ph8 / phone_own:.0%})")
@@ -185,8 +189,8 @@ def markdown(result: dict[str, Any], plot_name: str) -> str:
             cells = []
             for service in services:
                 s = _point(result, service, photos, c)
-                cells.append(f"**{_f(_rps(s))}** ({_f(_lat(s, 'p50'), 0)} / "
-                             f"{_f(_lat(s, 'p99'), 0)})" if s else "–")
+                cells.append(f"**{_f(requests_per_s(s))}** ({_f(latency_ms(s, 'p50'), 0)} / "
+                             f"{_f(latency_ms(s, 'p99'), 0)})" if s else "–")
             lines.append(f"| {photos} | {c} | " + " | ".join(cells) + " |")
     derived = ceil["ceiling"]
     best = derived["ort_best"]
@@ -252,7 +256,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
                 values = []
                 for c in (1, 8, 32):
                     s = _point(result, service, photos, c)
-                    values.append(_rps(s) if metric == "rps" else _lat(s, "p99"))
+                    values.append(requests_per_s(s) if metric == "rps" else latency_ms(s, "p99"))
                 xs = [x + i * width for x in range(3)]
                 ax.bar(xs, values, width, label=titles(result)[service], color=colours[service])
             ax.set_xticks([x + width * (len(services) - 1) / 2 for x in range(3)],

@@ -91,8 +91,7 @@ def paired_rounds(found: assets_mod.Assets, ceiling_result: dict[str, Any],
     print(f"== paired rounds ({rounds} x {len(paired.POINTS)} points, {duration_s:g} s each)",
           flush=True)
     spec = ModelSpec.load(found.repository / assets_mod.ONNX_MODEL_NAME)
-    batch = min((p for p in ceiling_result["onnx"] if p["threads"] == 1),
-                key=lambda p: p["core_ms_per_image"])["batch"]
+    batch = ceiling.best_single_thread_batch(ceiling_result["onnx"])
     probe = paired.CeilingProbe(found.onnx, spec, found.web, batch)
     by_service = {s.name.split("(")[0]: s for s in servers}
     return paired.run(by_service, probe, found.web, rounds, duration_s, work,
