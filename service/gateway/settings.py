@@ -71,6 +71,11 @@ class Settings(BaseSettings):
     inference_spinning: bool = Field(
         default=True, description="Let ONNX Runtime's intra-op threads spin while a run is on"
     )
+    inference_rewrite_graph: bool = Field(
+        default=True,
+        description="Embedded backend: rewrite the graph so ONNX Runtime keeps it in its "
+        "blocked CPU layout (same outputs, faster; see backends/blocked_layout.py)",
+    )
 
     # Limits on what a client may send.
     max_upload_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)

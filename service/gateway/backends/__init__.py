@@ -24,4 +24,5 @@ def build_backend(settings: Settings, model: ModelInfo) -> Backend:
         threads=settings.inference_workers,
         streams=settings.max_concurrent_batches or settings.inference_workers,
         spinning=settings.inference_spinning,
+        rewrite_graph=settings.inference_rewrite_graph,
     )

@@ -22,6 +22,7 @@ import numpy as np
 import onnxruntime as ort
 from numpy.typing import NDArray
 
+from service.gateway.backends import blocked_layout
 from service.gateway.backends.base import TopK, top_k_from_probs
 from service.gateway.errors import BackendUnavailable, ContractError
 from service.spec import ModelSpec
@@ -43,8 +44,10 @@ class EmbeddedBackend:
         threads: int,
         streams: int = 1,
         spinning: bool = True,
+        rewrite_graph: bool = True,
     ) -> None:
         self.model_path = Path(model_path)
+        self.rewrite_graph = rewrite_graph
         self.spec = spec
         self.threads = max(1, threads)
         self.streams = max(1, streams)
@@ -69,20 +72,27 @@ class EmbeddedBackend:
         if not self.model_path.is_file():
             raise ContractError(f"no ONNX model at {self.model_path}: build the repository first")
         loop = asyncio.get_running_loop()
-        session = await loop.run_in_executor(self._executor, self._load, self.threads)
+        graph = await loop.run_in_executor(self._executor, self._read_graph)
+        session = await loop.run_in_executor(self._executor, self._load, graph, self.threads)
         single: ort.InferenceSession | None = session
         if self.streams > 1 and self.threads > 1:
-            single = await loop.run_in_executor(self._executor, self._load, 1)
+            single = await loop.run_in_executor(self._executor, self._load, graph, 1)
         self._single = single if self.streams > 1 else None
         self._session = session
         logger.info(
             "loaded %s: %d ONNX Runtime thread(s) for a lone batch, up to %d concurrent "
-            "batches on 1 thread each, spinning %s",
+            "batches on 1 thread each, spinning %s, graph %s",
             self.model_path, self.threads, self.streams, "on" if self.spinning else "off",
+            "rewritten for the blocked layout" if self.rewrite_graph else "as exported",
         )
 
-    def _load(self, threads: int) -> ort.InferenceSession:
-        session = open_session(self.model_path, threads=threads, spinning=self.spinning)
+    def _read_graph(self) -> bytes:
+        if self.rewrite_graph:
+            return blocked_layout.load_for_cpu(self.model_path)
+        return self.model_path.read_bytes()
+
+    def _load(self, graph: bytes, threads: int) -> ort.InferenceSession:
+        session = open_session(graph, threads=threads, spinning=self.spinning)
         check_session_contract(session, self.spec)
         return session
 
@@ -123,8 +133,13 @@ class EmbeddedBackend:
         return np.asarray(outputs[0], dtype=np.float32)
 
 
-def open_session(model_path: Path, *, threads: int, spinning: bool) -> ort.InferenceSession:
-    """A CPU session configured as the gateway serves it (benchmarks measure this one)."""
+def open_session(model: Path | bytes, *, threads: int, spinning: bool) -> ort.InferenceSession:
+    """A CPU session configured as the gateway serves it (benchmarks measure this one).
+
+    A path is read and rewritten as the gateway does by default (`blocked_layout`);
+    bytes are served as they are.
+    """
+    graph = blocked_layout.load_for_cpu(model) if isinstance(model, Path) else model
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -134,7 +149,7 @@ def open_session(model_path: Path, *, threads: int, spinning: bool) -> ort.Infer
     # cores preprocessing needs. Off, or at least stopped once each run completes.
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     options.add_session_config_entry("session.force_spinning_stop", "1")
-    return ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
 
 
 def _dims(shape: list[Any]) -> list[int | None]:
