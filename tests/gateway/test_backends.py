@@ -70,6 +70,30 @@ async def test_embedded_backend_refuses_a_model_that_breaks_the_spec(
     await backend.close()
 
 
+async def test_embedded_backend_warms_each_session_with_the_largest_batch(
+    tiny_repository: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runs: list[tuple[int, tuple[int, ...]]] = []
+    real_run = EmbeddedBackend._run
+
+    def recording_run(self: EmbeddedBackend, session: object, batch: np.ndarray) -> np.ndarray:
+        runs.append((id(session), batch.shape))
+        return real_run(self, session, batch)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(EmbeddedBackend, "_run", recording_run)
+    backend = EmbeddedBackend(
+        tiny_repository / TINY_MODEL / "1" / "model.onnx", SPEC, version="1",
+        threads=2, streams=2, warm_up_batch=3,
+    )
+    await backend.start()
+    try:
+        # The lone-batch session and the single-threaded one, each run once before ready.
+        assert [shape for _, shape in runs] == [(3, 224, 224, 3)] * 2
+        assert len({session for session, _ in runs}) == 2
+    finally:
+        await backend.close()
+
+
 async def test_embedded_backend_without_model_file(tmp_path: Path) -> None:
     with pytest.raises(ContractError, match="build the repository"):
         await EmbeddedBackend(tmp_path / "missing.onnx", SPEC, version="1", threads=1).start()

@@ -25,4 +25,5 @@ def build_backend(settings: Settings, model: ModelInfo) -> Backend:
         streams=settings.max_concurrent_batches or settings.inference_workers,
         spinning=settings.inference_spinning,
         rewrite_graph=settings.inference_rewrite_graph,
+        warm_up_batch=min(settings.max_batch_size, model.spec.max_batch_size),
     )

@@ -45,9 +45,11 @@ class EmbeddedBackend:
         streams: int = 1,
         spinning: bool = True,
         rewrite_graph: bool = True,
+        warm_up_batch: int = 1,
     ) -> None:
         self.model_path = Path(model_path)
         self.rewrite_graph = rewrite_graph
+        self.warm_up_batch = max(1, warm_up_batch)
         self.spec = spec
         self.threads = max(1, threads)
         self.streams = max(1, streams)
@@ -94,6 +96,11 @@ class EmbeddedBackend:
     def _load(self, graph: bytes, threads: int) -> ort.InferenceSession:
         session = open_session(graph, threads=threads, spinning=self.spinning)
         check_session_contract(session, self.spec)
+        # One run of the largest batch grows ONNX Runtime's memory arena to its working
+        # size now, not during traffic: a batch size first seen after hours of serving
+        # would otherwise add its step to RSS then (and to that request's latency).
+        zeros = np.zeros((self.warm_up_batch, *self.spec.input_shape), dtype=self.spec.dtype)
+        self._run(session, zeros)
         return session
 
     async def close(self) -> None:
