@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from service.gateway.backends.embedded import EmbeddedBackend
+from service.gateway.backends.embedded import EmbeddedBackend, open_session
 from service.gateway.backends.triton import (
     TritonBackend,
     check_metadata_contract,
@@ -92,6 +92,14 @@ async def test_embedded_backend_warms_each_session_with_the_largest_batch(
         assert len({session for session, _ in runs}) == 2
     finally:
         await backend.close()
+
+
+def test_sessions_run_without_memory_patterns(tiny_repository: Path) -> None:
+    # Patterns made RSS creep under traffic (docs/performance.md, fifth session).
+    session = open_session(
+        tiny_repository / TINY_MODEL / "1" / "model.onnx", threads=1, spinning=False
+    )
+    assert session.get_session_options().enable_mem_pattern is False
 
 
 async def test_embedded_backend_without_model_file(tmp_path: Path) -> None:

@@ -156,6 +156,10 @@ def open_session(model: Path | bytes, *, threads: int, spinning: bool) -> ort.In
     # cores preprocessing needs. Off, or at least stopped once each run completes.
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     options.add_session_config_entry("session.force_spinning_stop", "1")
+    # No memory patterns: with them each run takes one block planned for its batch size,
+    # and the arena kept growing under traffic (+45 to +87 MB from 1,000 to 10,000
+    # requests with the rewritten graph); without them +2 MB, at the same speed within 2%.
+    options.enable_mem_pattern = False
     return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
 
 
