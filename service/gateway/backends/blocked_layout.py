@@ -91,19 +91,16 @@ class _Graph:
                 found[name].append(index)
         return found
 
-    def producer(self, name: str) -> onnx.NodeProto | None:
-        index = self.producers().get(name)
-        return None if index is None else self.graph.node[index]
-
     def initializers(self) -> dict[str, onnx.TensorProto]:
         return {tensor.name: tensor for tensor in self.graph.initializer}
 
-    def constant(self, name: str) -> NDArray[Any] | None:
+    def constant(
+        self, name: str, producers: dict[str, int], initializers: dict[str, onnx.TensorProto]
+    ) -> NDArray[Any] | None:
         """The value of an initializer or a `Constant` node's output, else None."""
-        tensor = self.initializers().get(name)
-        if tensor is not None:
-            return numpy_helper.to_array(tensor)
-        node = self.producer(name)
+        if name in initializers:
+            return numpy_helper.to_array(initializers[name])
+        node = self.graph.node[producers[name]] if name in producers else None
         if node is not None and node.op_type == "Constant":
             for attribute in node.attribute:
                 if attribute.name == "value":
@@ -152,11 +149,12 @@ class _Graph:
         drop: set[int] = set()
         fused: dict[int, list[onnx.NodeProto]] = {}
         producers, consumers = self.producers(), self.consumers()
+        initializers = self.initializers()
         for m, mul in enumerate(self.graph.node):
             if mul.op_type != "Mul" or len(mul.input) != 2:
                 continue
             for x, gate in ((mul.input[0], mul.input[1]), (mul.input[1], mul.input[0])):
-                chain = self._hard_sigmoid_of(x, gate, producers)
+                chain = self._hard_sigmoid_of(x, gate, producers, initializers)
                 if chain and all(len(consumers[self.graph.node[i].output[0]]) == 1 for i in chain):
                     drop |= {*chain, m}
                     fused[m] = [helper.make_node(
@@ -166,7 +164,10 @@ class _Graph:
         self.replace_nodes(drop, fused)
         return len(fused)
 
-    def _hard_sigmoid_of(self, x: str, gate: str, producers: dict[str, int]) -> list[int]:
+    def _hard_sigmoid_of(
+        self, x: str, gate: str, producers: dict[str, int],
+        initializers: dict[str, onnx.TensorProto],
+    ) -> list[int]:
         """The indices of Add, Clip, Div when `gate` is `clip(x + 3, 0, 6) / 6`, else []."""
         nodes = self.graph.node
 
@@ -177,7 +178,7 @@ class _Graph:
             return nodes[index]
 
         def is_const(name: str, value: float) -> bool:
-            array = self.constant(name)
+            array = self.constant(name, producers, initializers)
             return array is not None and array.size == 1 and float(array.reshape(())) == value
 
         div = made_by(gate, "Div", 2)
