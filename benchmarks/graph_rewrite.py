@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import numpy as np
 import onnxruntime as ort
 from numpy.typing import NDArray
 
 from benchmarks import assets as assets_mod
+from benchmarks.ceiling import timed
 from service.gateway.backends import blocked_layout
 from service.gateway.backends.embedded import open_session
 from service.spec import ModelSpec
@@ -28,13 +28,9 @@ Feed = dict[str, NDArray[np.uint8]]
 
 
 def ms_per_image(session: ort.InferenceSession, feed: Feed, seconds: float) -> float:
-    runs = 0
-    started = time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        session.run(None, feed)
-        runs += 1
+    times = timed(lambda: session.run(None, feed), min_s=seconds, min_runs=1, max_runs=10**6)
     batch = len(next(iter(feed.values())))
-    return (time.perf_counter() - started) * 1000 / (runs * batch)
+    return statistics.fmean(times) * 1000 / batch
 
 
 def main() -> None:
