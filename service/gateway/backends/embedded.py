@@ -158,7 +158,8 @@ def open_session(model: Path | bytes, *, threads: int, spinning: bool) -> ort.In
     options.add_session_config_entry("session.force_spinning_stop", "1")
     # No memory patterns: with them each run takes one block planned for its batch size,
     # and the arena kept growing under traffic (+45 to +87 MB from 1,000 to 10,000
-    # requests with the rewritten graph); without them +2 MB, at the same speed within 2%.
+    # requests with the rewritten graph); without them +2 to +14 MB, at the same speed
+    # within 2% (docs/performance.md, fifth session).
     options.enable_mem_pattern = False
     return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
 
