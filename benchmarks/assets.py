@@ -1,10 +1,10 @@
 """What every benchmark shares: one checkpoint, the model repository built from it, the
 photos, and the machine's description.
 
-The checkpoint is the repository writer's seeded random network (seed 0) saved once as a
-state_dict; the gateway's ONNX model, the TorchScript model TorchServe serves and the
-plain FastAPI peer's eager network are all built from that one file, so every service
-computes the same function.
+The checkpoint is the test suite's seeded, calibrated random network (its answers depend
+on the photo, as a trained network's do) saved once as a state_dict; the gateway's ONNX
+model, the TorchScript model TorchServe serves and the plain FastAPI peer's eager network
+are all built from that one file, so every service computes the same function.
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ TORCHSCRIPT_MODEL_NAME = "ca_mobilenetv2"
 
 
 @dataclass(frozen=True)
-class Assets:
+class ModelFiles:
+    """The checkpoint and the model repository built from it."""
+
     weights: Path
     repository: Path
-    web: Path
-    phone: Path
 
     @property
     def onnx(self) -> Path:
@@ -42,30 +42,44 @@ class Assets:
         return self.repository / TORCHSCRIPT_MODEL_NAME / "1" / "model.pt"
 
 
-def ensure(work: Path = WORK) -> Assets:
-    """Build whatever is missing (checkpoint ~1 s, repository ~1-2 min, photos ~20 s)."""
+@dataclass(frozen=True)
+class Assets(ModelFiles):
+    web: Path
+    phone: Path
+
+
+def ensure_model(work: Path = WORK) -> ModelFiles:
+    """The checkpoint (~5 s) and the repository (~1-2 min), built when missing or when
+    the model code or the checkpoint changed. Needs no photos, so it runs where ../shared
+    is absent (the GPU machine)."""
     work.mkdir(parents=True, exist_ok=True)
     weights = work / "weights.pt"
     if not weights.is_file():
         code = (
             "import torch, sys\n"
-            "from service.model.repository import random_network\n"
-            "torch.save(random_network().state_dict(), sys.argv[1])\n"
+            "from tests.support.checkpoints import calibrated_network\n"
+            "torch.save(calibrated_network().state_dict(), sys.argv[1])\n"
         )
         subprocess.run([sys.executable, "-c", code, str(weights)], check=True, cwd=ROOT)
-    repository = work / "repo"
-    assets_dirs = photos.write_sets(work / "photos")
-    assets = Assets(weights, repository, assets_dirs["web"], assets_dirs["phone"])
-    stamp = repository / ".built-from"
+    model = ModelFiles(weights, work / "repo")
+    stamp = model.repository / ".built-from"
+    wanted = model_code() + "\n" + hashlib.sha256(weights.read_bytes()).hexdigest()
     built = stamp.read_text() if stamp.is_file() else ""
-    if not (assets.onnx.is_file() and assets.torchscript.is_file()) or built != model_code():
+    if not (model.onnx.is_file() and model.torchscript.is_file()) or built != wanted:
         subprocess.run(
-            [str(VENV_BIN / "ca-serve"), "build-repo", "--weights", str(weights),
-             "--target", "gpu", "--output", str(repository)],
+            [sys.executable, "-m", "service.cli", "build-repo", "--weights", str(weights),
+             "--target", "gpu", "--output", str(model.repository)],
             check=True, cwd=ROOT,
         )
-        stamp.write_text(model_code())
-    return assets
+        stamp.write_text(wanted)
+    return model
+
+
+def ensure(work: Path = WORK) -> Assets:
+    """The model files and the photos (~20 s)."""
+    model = ensure_model(work)
+    sets = photos.write_sets(work / "photos")
+    return Assets(model.weights, model.repository, sets["web"], sets["phone"])
 
 
 def model_code() -> str:

@@ -13,10 +13,13 @@ as Triton does per request; the median over the runs gives latency and images/s.
   with `trt_fp16_enable`.
 - TensorRT plan: built here by `service.model.tensorrt.build_plan` with a profile up to
   batch 128, FP32 and FP16 (needs the `tensorrt` Python package).
-A backend that cannot run says why and the rest go on. Without CUDA the script exits with
+A backend that cannot run says why and the rest go on. Before timing, each backend runs
+the verification photos and the script prints how far its probabilities are from
+TorchScript FP32's and whether its top-1 classes agree. Without CUDA the script exits with
 status 2 and a clear message.
 
 `python -m benchmarks.gpu [--batches 1,2,4,8,16,32,64,128] [--seconds 2] [--out gpu.json]`
+(`benchmarks/gpu_check.sh` runs it with the GPU tests.)
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ def require_cuda() -> Any:
     return torch
 
 
-def torchscript_runners(torch: Any, found: assets_mod.Assets,
+def torchscript_runners(torch: Any, found: assets_mod.ModelFiles,
                         spec: ModelSpec) -> dict[str, Runner]:
     from service.model.checkpoint import load_checkpoint
     from service.model.served import ServedModel
@@ -90,7 +93,7 @@ def torchscript_runners(torch: Any, found: assets_mod.Assets,
     return {"TorchScript FP32": runner(fp32), "TorchScript FP16": runner(fp16)}
 
 
-def onnxruntime_runners(found: assets_mod.Assets, spec: ModelSpec,
+def onnxruntime_runners(found: assets_mod.ModelFiles, spec: ModelSpec,
                         work: Path) -> tuple[dict[str, Runner], list[str]]:
     import onnxruntime as ort
 
@@ -139,7 +142,7 @@ def onnxruntime_runners(found: assets_mod.Assets, spec: ModelSpec,
     return runners, notes
 
 
-def tensorrt_runners(torch: Any, found: assets_mod.Assets, spec: ModelSpec, max_batch: int,
+def tensorrt_runners(torch: Any, found: assets_mod.ModelFiles, spec: ModelSpec, max_batch: int,
                      work: Path) -> tuple[dict[str, Runner], list[str]]:
     from service.model import tensorrt as trt_build
 
@@ -178,6 +181,30 @@ def tensorrt_runners(torch: Any, found: assets_mod.Assets, spec: ModelSpec, max_
     return runners, notes
 
 
+def agree(runners: dict[str, Runner], spec: ModelSpec) -> dict[str, dict[str, float]]:
+    """Each backend on the verification photos against TorchScript FP32: the largest
+    probability difference and the share of photos with the same top-1 class."""
+    from service.verification import verification_batch
+
+    batch = verification_batch(spec)
+    reference = runners["TorchScript FP32"](batch)
+    found: dict[str, dict[str, float]] = {}
+    for name, run in runners.items():
+        try:
+            probs = run(batch)
+        except Exception as exc:
+            print(f"agreement {name}: failed: {type(exc).__name__}: {exc}", flush=True)
+            continue
+        found[name] = {
+            "max_abs_diff": float(np.max(np.abs(probs - reference))),
+            "top1_agreement": float(np.mean(probs.argmax(1) == reference.argmax(1))),
+        }
+        print(f"agreement {name:24s} max |dp| {found[name]['max_abs_diff']:.2e}  "
+              f"top-1 same {found[name]['top1_agreement']:.0%} of {len(batch)} photos",
+              flush=True)
+    return found
+
+
 def measure(run: Runner, batch: Batch, seconds: float) -> dict[str, float]:
     for _ in range(3):
         run(batch)
@@ -202,11 +229,12 @@ def main() -> None:
     args = parser.parse_args()
     torch = require_cuda()
     batches = [int(b) for b in args.batches.split(",")]
-    found = assets_mod.ensure()
+    found = assets_mod.ensure_model()
     spec = ModelSpec.load(found.repository / assets_mod.ONNX_MODEL_NAME)
     work = assets_mod.WORK / "gpu"
     work.mkdir(parents=True, exist_ok=True)
-    print(f"GPU: {torch.cuda.get_device_name()}, torch {torch.__version__}", flush=True)
+    print(f"GPU: {torch.cuda.get_device_name()}, torch {torch.__version__} "
+          f"(CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()})", flush=True)
     runners = torchscript_runners(torch, found, spec)
     more, notes = onnxruntime_runners(found, spec, work)
     runners.update(more)
@@ -214,6 +242,7 @@ def main() -> None:
     runners.update(more)
     for note in notes + trt_notes:
         print(f"note: {note}", flush=True)
+    agreement = agree(runners, spec)
     rng = np.random.default_rng(0)
     results: dict[str, list[dict[str, float]]] = {}
     print(f"{'backend':24s} {'batch':>5s} {'images/s':>10s} {'p50 ms':>9s} {'p99 ms':>9s}")
@@ -231,7 +260,8 @@ def main() -> None:
                   f"{point['latency_ms_p50']:9.2f} {point['latency_ms_p99']:9.2f}", flush=True)
     if args.out:
         args.out.write_text(json.dumps({"gpu": torch.cuda.get_device_name(),
-                                        "notes": notes + trt_notes, "results": results},
+                                        "notes": notes + trt_notes, "agreement": agreement,
+                                        "results": results},
                                        indent=2) + "\n")
 
 
