@@ -5,9 +5,10 @@ Each call takes a uint8 NHWC batch from host memory, copies it to the GPU, runs 
 (normalisation and softmax in the graph, as served) and copies the probabilities back,
 as Triton does per request; the median over the runs gives latency and images/s.
 
-- TorchScript FP32: the repository's `ca_mobilenetv2/1/model.pt`. FP16: the same network
-  from the same checkpoint, cast to half and traced (`.half()` on the frozen FP32 graph
-  would clash with the `.float()` inside it).
+- TorchScript FP32: the repository's `ca_mobilenetv2/1/model.pt` (traced with TF32 off,
+  so its convolutions run in FP32 on the GPU too). FP16: the same network from the same
+  checkpoint, cast to half and traced (`.half()` on the frozen FP32 graph would clash
+  with the `.float()` inside it).
 - ONNX Runtime: needs `onnxruntime-gpu` (the gateway's venv has the CPU build). CUDA EP in
   FP32 (FP16 when `onnxconverter-common` can convert the graph); TensorRT EP in FP32 and
   with `trt_fp16_enable`.
@@ -15,8 +16,8 @@ as Triton does per request; the median over the runs gives latency and images/s.
   batch 128, FP32 and FP16 (needs the `tensorrt` Python package).
 A backend that cannot run says why and the rest go on. Before timing, each backend runs
 the verification photos and the script prints how far its probabilities are from
-TorchScript FP32's and whether its top-1 classes agree. Without CUDA the script exits with
-status 2 and a clear message.
+TorchScript FP32's on the CPU and whether its top-1 classes agree. Without CUDA the script
+exits with status 2 and a clear message.
 
 `python -m benchmarks.gpu [--batches 1,2,4,8,16,32,64,128] [--seconds 2] [--out gpu.json]`
 (`benchmarks/gpu_check.sh` runs it with the GPU tests.)
@@ -181,13 +182,14 @@ def tensorrt_runners(torch: Any, found: assets_mod.ModelFiles, spec: ModelSpec, 
     return runners, notes
 
 
-def agree(runners: dict[str, Runner], spec: ModelSpec) -> dict[str, dict[str, float]]:
-    """Each backend on the verification photos against TorchScript FP32: the largest
-    probability difference and the share of photos with the same top-1 class."""
+def agree(runners: dict[str, Runner], spec: ModelSpec,
+          cpu_reference: Runner) -> dict[str, dict[str, float]]:
+    """Each backend on the verification photos against TorchScript FP32 on the CPU: the
+    largest probability difference and the share of photos with the same top-1 class."""
     from service.verification import verification_batch
 
     batch = verification_batch(spec)
-    reference = runners["TorchScript FP32"](batch)
+    reference = cpu_reference(batch)
     found: dict[str, dict[str, float]] = {}
     for name, run in runners.items():
         try:
@@ -242,7 +244,13 @@ def main() -> None:
     runners.update(more)
     for note in notes + trt_notes:
         print(f"note: {note}", flush=True)
-    agreement = agree(runners, spec)
+    cpu_model = torch.jit.load(str(found.torchscript), map_location="cpu").eval()
+
+    def on_cpu(batch: Batch) -> NDArray[np.float32]:
+        with torch.inference_mode():
+            return cpu_model(torch.from_numpy(batch)).numpy()  # type: ignore[no-any-return]
+
+    agreement = agree(runners, spec, on_cpu)
     rng = np.random.default_rng(0)
     results: dict[str, list[dict[str, float]]] = {}
     print(f"{'backend':24s} {'batch':>5s} {'images/s':>10s} {'p50 ms':>9s} {'p99 ms':>9s}")

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
+from service.model.precision import tf32
 from service.spec import ModelSpec
 
 PROBS_ATOL = 1e-5
@@ -51,7 +52,9 @@ def eager_runner(served: torch.nn.Module) -> Runner:
 def export_torchscript(served: torch.nn.Module, path: Path, spec: ModelSpec) -> None:
     """Trace and freeze; the batch dimension stays dynamic (checked by `verify`)."""
     example = torch.zeros((2, *spec.input_shape), dtype=torch.uint8)
-    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+    # TF32 off while tracing: the trace keeps the switch, and the served FP32 model must
+    # compute in FP32 on GPUs too (see `precision`).
+    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings(), tf32(False):
         warnings.simplefilter("ignore")  # tracer chatter about shapes read as Python ints
         traced = torch.jit.trace(served.eval(), (example,))
         frozen = torch.jit.freeze(traced)

@@ -85,6 +85,16 @@ def test_onnx_graph_has_the_contracted_io(exported: Path) -> None:
     assert dims == ["batch", 224, 224, 3]
 
 
+def test_torchscript_convolutions_run_in_fp32_on_gpus(exported: Path) -> None:
+    """The trace keeps cuDNN's TF32 switch as each convolution's last argument; with it on,
+    Triton's GPU answers moved by 4e-3 (H200). The export turns it off while tracing."""
+    graph = torch.jit.load(str(exported / "model.pt")).inlined_graph
+    convolutions = [n for n in graph.nodes() if n.kind() == "aten::_convolution"]
+    assert len(convolutions) > 50
+    assert {list(n.inputs())[-1].toIValue() for n in convolutions} == {False}
+    assert torch.backends.cudnn.conv.fp32_precision == "tf32"  # restored after the trace
+
+
 def test_onnx_graph_has_no_shape_arithmetic_in_the_attention(exported: Path) -> None:
     """The inference form of coordinate attention (fixed-kernel pooling, no concat/split):
     ReduceMean, Shape/Gather/Slice and Concat cost ONNX Runtime ~15% of its time."""

@@ -58,10 +58,13 @@ def test_torchscript_agrees_with_eager_on_cuda(
     module = torch.jit.load(
         str(repository / "ca_mobilenetv2" / "1" / "model.pt"), map_location="cuda"
     )
+    # Under the GPU's defaults (TF32 allowed), as Triton's libtorch backend runs it; the
+    # profiling executor optimises the graph after the first runs, so check those too.
     with torch.inference_mode():
-        probs = module(torch.from_numpy(batch).cuda()).cpu().numpy()
-    assert np.max(np.abs(probs - reference)) <= 1e-4  # cuDNN kernels, FP32
-    assert same_ranking(probs, reference, atol=1e-4)
+        runs = [module(torch.from_numpy(batch).cuda()).cpu().numpy() for _ in range(3)]
+    for probs in runs:
+        assert np.max(np.abs(probs - reference)) <= 1e-4  # FP32 convolutions, not TF32
+        assert same_ranking(probs, reference, atol=1e-4)
 
 
 @pytest.mark.gpu

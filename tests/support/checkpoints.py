@@ -36,7 +36,9 @@ def calibrated_network(seed: int = 1, num_classes: int = 1000) -> CAMobileNetV2:
     for module in network.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
             module.momentum = 0.1
-    torch.nn.init.normal_(network.classifier[1].weight, 0.0, 0.25)
+    head = network.classifier[1]
+    assert isinstance(head, torch.nn.Linear)
+    torch.nn.init.normal_(head.weight, 0.0, 0.25)
     return network.eval()
 
 
