@@ -103,8 +103,10 @@ def test_tensorrt_plan_builds_and_agrees(tmp_path: Path) -> None:
     batch = verification_batch(spec)
     reference = eager_runner(served)(batch)
     probs = _run_plan(plan, batch)
-    # FP16 inside: looser than the FP32 exports, same winner.
-    assert np.max(np.abs(probs - reference)) <= 1e-2
+    # FP16 inside: looser than the FP32 exports, same winner. The whole network cast to
+    # FP16 in TorchScript was 3.1e-2 from FP32 on these photos (H200, 2026-11-30); this
+    # test network's logits span +-10, so FP16 rounding shows in its probabilities.
+    assert np.max(np.abs(probs - reference)) <= 5e-2
     assert np.array_equal(probs.argmax(axis=1), reference.argmax(axis=1))
 
 
@@ -124,3 +126,105 @@ def _run_plan(plan: Path, batch: np.ndarray) -> np.ndarray:
     assert context.execute_async_v3(stream.cuda_stream)
     stream.synchronize()
     return probs.cpu().numpy()
+
+
+class _FakeTensorRT:
+    """Just enough of the `tensorrt` module for `build_plan`'s own logic: which flags and
+    which optimisation profile it asks the builder for."""
+
+    __version__ = "10.99-fake"
+
+    class BuilderFlag:
+        FP16 = "FP16"
+        TF32 = "TF32"
+
+    class MemoryPoolType:
+        WORKSPACE = "WORKSPACE"
+
+    class Logger:
+        WARNING = 2
+
+        def __init__(self, level: int) -> None:
+            self.level = level
+
+    def __init__(self, parses: bool = True) -> None:
+        self.flags: set[str] = {"TF32"}  # TensorRT's default
+        self.shapes: dict[str, tuple[tuple[int, ...], ...]] = {}
+        self.parses = parses
+        fake = self
+
+        class Config:
+            def set_memory_pool_limit(self, pool: str, size: int) -> None:
+                assert size > 0
+
+            def set_flag(self, flag: str) -> None:
+                fake.flags.add(flag)
+
+            def clear_flag(self, flag: str) -> None:
+                fake.flags.discard(flag)
+
+            def add_optimization_profile(self, profile: object) -> None:
+                pass
+
+        class Profile:
+            def set_shape(self, name: str, *shapes: tuple[int, ...]) -> None:
+                fake.shapes[name] = shapes
+
+        class Builder:
+            def __init__(self, logger: object) -> None:
+                pass
+
+            def create_network(self, flags: int) -> object:
+                return object()
+
+            def create_builder_config(self) -> Config:
+                return Config()
+
+            def create_optimization_profile(self) -> Profile:
+                return Profile()
+
+            def build_serialized_network(self, network: object, config: Config) -> bytes:
+                return b"plan"
+
+        class OnnxParser:
+            num_errors = 1
+
+            def __init__(self, network: object, logger: object) -> None:
+                pass
+
+            def parse(self, data: bytes) -> bool:
+                return fake.parses
+
+            def get_error(self, index: int) -> str:
+                return "unsupported operator"
+
+        self.Builder = Builder
+        self.OnnxParser = OnnxParser
+
+
+@pytest.mark.parametrize("fp16", [True, False], ids=["fp16", "fp32"])
+def test_build_plan_asks_for_the_precision_and_batch_range(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fp16: bool
+) -> None:
+    fake = _FakeTensorRT()
+    monkeypatch.setattr(trt_build, "_tensorrt", lambda: fake)
+    spec = model_specs()["tensorrt"]
+    onnx_path = tmp_path / "model.onnx"
+    onnx_path.write_bytes(b"onnx")
+    plan = trt_build.build_plan(onnx_path, tmp_path / "out" / "model.plan", spec, fp16=fp16)
+    assert plan.read_bytes() == b"plan"
+    # FP16 plans may use FP16 (and TF32) kernels; FP32 plans must not fall back to TF32.
+    assert fake.flags == ({"FP16", "TF32"} if fp16 else set())
+    one = (1, *spec.input_shape)
+    assert fake.shapes[spec.input_name][0] == one
+    assert fake.shapes[spec.input_name][2] == (spec.max_batch_size, *spec.input_shape)
+
+
+def test_build_plan_reports_the_parser_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(trt_build, "_tensorrt", lambda: _FakeTensorRT(parses=False))
+    onnx_path = tmp_path / "model.onnx"
+    onnx_path.write_bytes(b"not onnx")
+    with pytest.raises(RuntimeError, match="unsupported operator"):
+        trt_build.build_plan(onnx_path, tmp_path / "model.plan", model_specs()["tensorrt"])
