@@ -9,30 +9,32 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 
 
 @contextmanager
 def tf32(enabled: bool) -> Iterator[None]:
-    """TF32 (10-bit mantissa) or IEEE FP32 for cuDNN and cuBLAS inside the block.
+    """TF32 (10-bit mantissa) or IEEE FP32 for cuDNN and cuBLAS inside the block."""
+    switches = _switches()
+    saved = [getattr(owner, name) for owner, name, _, _ in switches]
+    for owner, name, on, off in switches:
+        setattr(owner, name, on if enabled else off)
+    try:
+        yield
+    finally:
+        for (owner, name, _, _), value in zip(switches, saved, strict=True):
+            setattr(owner, name, value)
 
+
+def _switches() -> list[tuple[Any, str, object, object]]:
+    """(owner, attribute, TF32 value, FP32 value) for convolutions and matrix products.
     torch >= 2.9 has `fp32_precision` settings and refuses to mix them with the older
-    `allow_tf32` flags in one process, so only one of the two is touched."""
+    `allow_tf32` flags in one process, so only one of the two kinds is touched."""
     cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
     conv = getattr(cudnn, "conv", None)
     if conv is not None and hasattr(conv, "fp32_precision"):
-        mode = "tf32" if enabled else "ieee"
-        saved = (conv.fp32_precision, matmul.fp32_precision)
-        conv.fp32_precision, matmul.fp32_precision = mode, mode
-        try:
-            yield
-        finally:
-            conv.fp32_precision, matmul.fp32_precision = saved
-    else:
-        saved_flags = (cudnn.allow_tf32, matmul.allow_tf32)
-        cudnn.allow_tf32, matmul.allow_tf32 = enabled, enabled
-        try:
-            yield
-        finally:
-            cudnn.allow_tf32, matmul.allow_tf32 = saved_flags
+        return [(conv, "fp32_precision", "tf32", "ieee"),
+                (matmul, "fp32_precision", "tf32", "ieee")]
+    return [(cudnn, "allow_tf32", True, False), (matmul, "allow_tf32", True, False)]

@@ -49,6 +49,11 @@ def cuda_repository(tmp_path: Path) -> tuple[Path, np.ndarray, np.ndarray]:
     return tmp_path, batch, eager_runner(served)(batch)
 
 
+def assert_fp32_agreement(probs: np.ndarray, reference: np.ndarray) -> None:
+    assert np.max(np.abs(probs - reference)) <= 1e-4
+    assert same_ranking(probs, reference, atol=1e-4)
+
+
 @pytest.mark.gpu
 @needs_cuda
 def test_torchscript_agrees_with_eager_on_cuda(
@@ -63,8 +68,7 @@ def test_torchscript_agrees_with_eager_on_cuda(
     with torch.inference_mode():
         runs = [module(torch.from_numpy(batch).cuda()).cpu().numpy() for _ in range(3)]
     for probs in runs:
-        assert np.max(np.abs(probs - reference)) <= 1e-4  # FP32 convolutions, not TF32
-        assert same_ranking(probs, reference, atol=1e-4)
+        assert_fp32_agreement(probs, reference)  # FP32 convolutions, not TF32
 
 
 @pytest.mark.gpu
@@ -81,9 +85,7 @@ def test_onnx_agrees_with_eager_on_cuda(
     )
     # ONNX Runtime falls back to the CPU with a warning when CUDA cannot start.
     assert session.get_providers()[0] == "CUDAExecutionProvider"
-    probs = session.run(["PROBS"], {"IMAGE": batch})[0]
-    assert np.max(np.abs(probs - reference)) <= 1e-4
-    assert same_ranking(probs, reference, atol=1e-4)
+    assert_fp32_agreement(session.run(["PROBS"], {"IMAGE": batch})[0], reference)
 
 
 @pytest.mark.gpu
