@@ -39,6 +39,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from benchmarks import assets as assets_mod
+from service.model.export import torchscript_runner
 from service.spec import ModelSpec
 
 Batch = NDArray[np.uint8]
@@ -244,13 +245,7 @@ def main() -> None:
     runners.update(more)
     for note in notes + trt_notes:
         print(f"note: {note}", flush=True)
-    cpu_model = torch.jit.load(str(found.torchscript), map_location="cpu").eval()
-
-    def on_cpu(batch: Batch) -> NDArray[np.float32]:
-        with torch.inference_mode():
-            return cpu_model(torch.from_numpy(batch)).numpy()  # type: ignore[no-any-return]
-
-    agreement = agree(runners, spec, on_cpu)
+    agreement = agree(runners, spec, torchscript_runner(found.torchscript))
     rng = np.random.default_rng(0)
     results: dict[str, list[dict[str, float]]] = {}
     print(f"{'backend':24s} {'batch':>5s} {'images/s':>10s} {'p50 ms':>9s} {'p99 ms':>9s}")
