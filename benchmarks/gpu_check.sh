@@ -23,6 +23,7 @@ for name in ("torch", "onnxruntime", "onnx", "tensorrt", "onnxconverter_common")
     except Exception as exc:
         print(name, "missing:", type(exc).__name__, exc)
 import onnxruntime
+print("onnxruntime", onnxruntime.__version__, "from", onnxruntime.__file__)
 print("onnxruntime providers:", onnxruntime.get_available_providers())
 EOF
     echo "trtexec: $(command -v trtexec || echo none)"
