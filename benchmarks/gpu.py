@@ -7,11 +7,11 @@ as Triton does per request; the median over the runs gives latency and images/s.
 
 - TorchScript FP32: the repository's `ca_mobilenetv2/1/model.pt` (traced with TF32 off,
   so its convolutions run in FP32 on the GPU too). FP16: the same network from the same
-  checkpoint, cast to half and traced (`.half()` on the frozen FP32 graph would clash
-  with the `.float()` inside it).
+  checkpoint, cast to half and traced.
 - ONNX Runtime: needs `onnxruntime-gpu` (the gateway's venv has the CPU build). CUDA EP in
-  FP32 (FP16 when `onnxconverter-common` can convert the graph); TensorRT EP in FP32 and
-  with `trt_fp16_enable`.
+  FP32 with the options the repository's config gives Triton (TF32 off), with ONNX
+  Runtime's defaults (TF32 on), and FP16 (the half network exported to ONNX); TensorRT EP
+  in FP32 and with `trt_fp16_enable`.
 - TensorRT plan: built here by `service.model.tensorrt.build_plan` with a profile up to
   batch 128, FP32 and FP16 (needs the `tensorrt` Python package).
 A backend that cannot run says why and the rest go on. Before timing, each backend runs
@@ -60,13 +60,11 @@ def require_cuda() -> Any:
     return torch
 
 
-def torchscript_runners(torch: Any, found: assets_mod.ModelFiles,
-                        spec: ModelSpec) -> dict[str, Runner]:
+def half_served(torch: Any, found: assets_mod.ModelFiles, spec: ModelSpec) -> Any:
+    """The served model in FP16 (uint8 in, FP32 probabilities out), from the checkpoint:
+    `.half()` on the frozen FP32 graph would clash with the `.float()` inside it."""
     from service.model.checkpoint import load_checkpoint
     from service.model.served import ServedModel
-
-    device = torch.device("cuda")
-    fp32 = torch.jit.load(str(found.torchscript), map_location=device).eval()
 
     class HalfServed(torch.nn.Module):  # type: ignore[misc]
         def __init__(self) -> None:
@@ -80,9 +78,17 @@ def torchscript_runners(torch: Any, found: assets_mod.ModelFiles,
             x = image.permute(0, 3, 1, 2).half() * self.scale + self.shift
             return torch.softmax(self.network(x).float(), dim=1)
 
+    return HalfServed().eval()
+
+
+def torchscript_runners(torch: Any, found: assets_mod.ModelFiles,
+                        spec: ModelSpec) -> dict[str, Runner]:
+    device = torch.device("cuda")
+    fp32 = torch.jit.load(str(found.torchscript), map_location=device).eval()
     example = torch.zeros((2, *spec.input_shape), dtype=torch.uint8, device=device)
     with torch.no_grad():
-        fp16 = torch.jit.freeze(torch.jit.trace(HalfServed().to(device).eval(), (example,)))
+        fp16 = torch.jit.freeze(torch.jit.trace(half_served(torch, found, spec).to(device),
+                                                (example,)))
 
     def runner(module: Any) -> Runner:
         def run(batch: Batch) -> NDArray[np.float32]:
@@ -95,33 +101,29 @@ def torchscript_runners(torch: Any, found: assets_mod.ModelFiles,
     return {"TorchScript FP32": runner(fp32), "TorchScript FP16": runner(fp16)}
 
 
-def onnxruntime_runners(found: assets_mod.ModelFiles, spec: ModelSpec,
+def onnxruntime_runners(torch: Any, found: assets_mod.ModelFiles, spec: ModelSpec,
                         work: Path) -> tuple[dict[str, Runner], list[str]]:
     import onnxruntime as ort
+
+    from service.model import triton_config
+    from service.model.export import export_onnx
 
     notes: list[str] = []
     available = ort.get_available_providers()
     if "CUDAExecutionProvider" not in available:
         return {}, [f"ONNX Runtime GPU skipped: providers here are {available} "
                     "(install onnxruntime-gpu)"]
-    models = {"FP32": found.onnx}
-    try:
-        import onnx
-        from onnxconverter_common import float16
-
-        half = float16.convert_float_to_float16(onnx.load(str(found.onnx)), keep_io_types=True)
-        models["FP16"] = work / "model_fp16.onnx"
-        onnx.save(half, str(models["FP16"]))
-    except Exception as exc:  # the converter is optional; say why FP16 CUDA EP is missing
-        notes.append(f"ORT CUDA EP FP16 skipped: {type(exc).__name__}: {exc}")
+    half_model = work / "model_fp16.onnx"
+    export_onnx(half_served(torch, found, spec), half_model, spec)
+    # As the repository's config has Triton run it (strict FP32), and with ONNX Runtime's
+    # defaults (TF32 convolutions) to show what that setting costs.
+    served = triton_config.cuda_provider_options(
+        triton_config.parse((found.onnx.parent.parent / "config.pbtxt").read_text()))
     configs: dict[str, tuple[Path, list[Any]]] = {
-        f"ORT CUDA EP {precision}": (path, ["CUDAExecutionProvider"])
-        for precision, path in models.items()
+        "ORT CUDA EP FP32": (found.onnx, [("CUDAExecutionProvider", served)]),
+        "ORT CUDA EP FP32 TF32": (found.onnx, ["CUDAExecutionProvider"]),
+        "ORT CUDA EP FP16": (half_model, ["CUDAExecutionProvider"]),
     }
-    # ONNX Runtime's CUDA EP may round FP32 convolutions to TF32 on Ampere and later by
-    # default, as cuDNN does under torch; strict FP32 shows what that costs and saves.
-    configs["ORT CUDA EP FP32 no TF32"] = (
-        found.onnx, [("CUDAExecutionProvider", {"use_tf32": "0"})])
     if "TensorrtExecutionProvider" in available:
         for precision, fp16 in (("FP32", False), ("FP16", True)):
             options = {"trt_fp16_enable": fp16, "trt_engine_cache_enable": True,
@@ -248,7 +250,7 @@ def main() -> None:
     print(f"GPU: {torch.cuda.get_device_name()}, torch {torch.__version__} "
           f"(CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()})", flush=True)
     runners = torchscript_runners(torch, found, spec)
-    more, notes = onnxruntime_runners(found, spec, work)
+    more, notes = onnxruntime_runners(torch, found, spec, work)
     runners.update(more)
     more, trt_notes = tensorrt_runners(torch, found, spec, max(batches), work)
     runners.update(more)

@@ -16,7 +16,7 @@ python=${PYTHON:-python3}
     nvidia-smi
     "$python" - <<'EOF'
 import importlib
-for name in ("torch", "onnxruntime", "onnx", "tensorrt", "onnxconverter_common"):
+for name in ("torch", "onnxruntime", "onnx", "tensorrt"):
     try:
         module = importlib.import_module(name)
         print(name, getattr(module, "__version__", "?"))

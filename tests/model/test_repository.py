@@ -57,8 +57,11 @@ def test_committed_configs_name_the_platforms_triton_expects() -> None:
         "ca_mobilenetv2_trt": "tensorrt_plan",
     }
     onnx_config = triton_config.parse((COMMITTED / ONNX_MODEL / "config.pbtxt").read_text())
-    (accelerator,) = onnx_config.optimization.execution_accelerators.gpu_execution_accelerator
-    assert accelerator.name == "tensorrt" and accelerator.parameters["precision_mode"] == "FP16"
+    tensorrt, cuda = onnx_config.optimization.execution_accelerators.gpu_execution_accelerator
+    assert tensorrt.name == "tensorrt" and tensorrt.parameters["precision_mode"] == "FP16"
+    # What TensorRT leaves to the CUDA EP runs in FP32, not ONNX Runtime's default TF32.
+    assert cuda.name == "cuda"
+    assert triton_config.cuda_provider_options(onnx_config) == {"use_tf32": "0"}
 
 
 def test_cpu_repository_from_a_checkpoint(model_repository: Path, test_checkpoint: Path) -> None:

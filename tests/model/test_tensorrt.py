@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from service.model import tensorrt as trt_build
+from service.model import triton_config
 from service.model.export import eager_runner, same_ranking
 from service.model.repository import build_repository, model_specs
 from service.model.served import ServedModel
@@ -79,9 +80,13 @@ def test_onnx_agrees_with_eager_on_cuda(
     import onnxruntime as ort
 
     repository, batch, reference = cuda_repository
+    model_dir = repository / "ca_mobilenetv2_onnx"
+    # The CUDA EP options the model's config gives Triton's ONNX Runtime backend.
+    options = triton_config.cuda_provider_options(
+        triton_config.parse((model_dir / "config.pbtxt").read_text())
+    )
     session = ort.InferenceSession(
-        str(repository / "ca_mobilenetv2_onnx" / "1" / "model.onnx"),
-        providers=["CUDAExecutionProvider"],
+        str(model_dir / "1" / "model.onnx"), providers=[("CUDAExecutionProvider", options)]
     )
     # ONNX Runtime falls back to the CPU with a warning when CUDA cannot start.
     assert session.get_providers()[0] == "CUDAExecutionProvider"
