@@ -117,8 +117,7 @@ def onnxruntime_runners(torch: Any, found: assets_mod.ModelFiles, spec: ModelSpe
     export_onnx(half_served(torch, found, spec), half_model, spec)
     # As the repository's config has Triton run it (strict FP32), and with ONNX Runtime's
     # defaults (TF32 convolutions) to show what that setting costs.
-    served = triton_config.cuda_provider_options(
-        triton_config.parse((found.onnx.parent.parent / "config.pbtxt").read_text()))
+    served = triton_config.cuda_provider_options(triton_config.load(found.onnx.parent.parent))
     configs: dict[str, tuple[Path, list[Any]]] = {
         "ORT CUDA EP FP32": (found.onnx, [("CUDAExecutionProvider", served)]),
         "ORT CUDA EP FP32 TF32": (found.onnx, ["CUDAExecutionProvider"]),

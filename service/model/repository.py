@@ -126,7 +126,7 @@ def write_model_dir(
     model_dir = output / spec.name
     (model_dir / VERSION).mkdir(parents=True, exist_ok=True)
     config = triton_config.build_config(kind, spec)
-    (model_dir / "config.pbtxt").write_text(triton_config.render(config))
+    (model_dir / triton_config.CONFIG_FILE).write_text(triton_config.render(config))
     (model_dir / LABELS_FILENAME).write_text("\n".join(labels) + "\n", encoding="utf-8")
     (model_dir / SPEC_FILENAME).write_text(spec.to_json())
     return model_dir

@@ -6,6 +6,7 @@ a config that does not fit Triton's schema fails here, at build time, not in the
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from google.protobuf import text_format
@@ -19,6 +20,7 @@ Kind = Literal["torchscript", "onnx", "tensorrt", "python_onnx"]
 # may still have any size from 1 to max_batch_size.
 QUEUE_DELAY_US = 2000
 ORT_TRT_CACHE = "/tmp/ca-serve-ort-trt-cache"
+CONFIG_FILE = "config.pbtxt"  # in each model's directory
 # ONNX Runtime's CUDA EP rounds FP32 convolutions to TF32 on Ampere and newer unless told
 # not to: on an H200 that put the served probabilities 2.9e-3 from the CPU's, against
 # 2.1e-6 in strict FP32. The CUDA EP runs whatever TensorRT does not take (everything, on a
@@ -105,6 +107,11 @@ def render(config: pb.ModelConfig) -> str:
 def parse(text: str) -> pb.ModelConfig:
     """Parse `config.pbtxt` text with Triton's schema; raises `text_format.ParseError`."""
     return text_format.Parse(text, pb.ModelConfig())
+
+
+def load(model_dir: Path) -> pb.ModelConfig:
+    """The `config.pbtxt` of the model in `model_dir`, parsed with Triton's schema."""
+    return parse((model_dir / CONFIG_FILE).read_text())
 
 
 def tensor_names(config: pb.ModelConfig) -> tuple[list[str], list[str]]:

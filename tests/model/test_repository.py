@@ -33,7 +33,7 @@ def test_committed_model_dirs_equal_a_fresh_generation(name: str) -> None:
     kind = KIND_OF[name]
     spec = model_specs()[kind]
     model_dir = COMMITTED / name
-    text = (model_dir / "config.pbtxt").read_text()
+    text = (model_dir / triton_config.CONFIG_FILE).read_text()
     config = triton_config.parse(text)  # Triton's own schema
     assert text == triton_config.render(triton_config.build_config(kind, spec))
     assert ModelSpec.load(model_dir) == spec
@@ -48,7 +48,7 @@ def test_committed_model_dirs_equal_a_fresh_generation(name: str) -> None:
 
 def test_committed_configs_name_the_platforms_triton_expects() -> None:
     platforms = {
-        name: triton_config.parse((COMMITTED / name / "config.pbtxt").read_text()).platform
+        name: triton_config.load(COMMITTED / name).platform
         for name in KIND_OF
     }
     assert platforms == {
@@ -56,7 +56,7 @@ def test_committed_configs_name_the_platforms_triton_expects() -> None:
         "ca_mobilenetv2_onnx": "onnxruntime_onnx",
         "ca_mobilenetv2_trt": "tensorrt_plan",
     }
-    onnx_config = triton_config.parse((COMMITTED / ONNX_MODEL / "config.pbtxt").read_text())
+    onnx_config = triton_config.load(COMMITTED / ONNX_MODEL)
     tensorrt, cuda = onnx_config.optimization.execution_accelerators.gpu_execution_accelerator
     assert tensorrt.name == "tensorrt" and tensorrt.parameters["precision_mode"] == "FP16"
     # What TensorRT leaves to the CUDA EP runs in FP32, not ONNX Runtime's default TF32.
@@ -69,7 +69,7 @@ def test_cpu_repository_from_a_checkpoint(model_repository: Path, test_checkpoin
     # (Triton's Python backend may leave a __pycache__ beside model.py once it has run.)
     built = sorted(p.name for p in (model_dir / "1").iterdir() if p.name != "__pycache__")
     assert built == ["model.onnx", "model.py", "weights.json"]
-    config = triton_config.parse((model_dir / "config.pbtxt").read_text())
+    config = triton_config.load(model_dir)
     assert (
         config.backend == "python"
         and config.instance_group[0].kind == config.instance_group[0].KIND_CPU
@@ -95,10 +95,10 @@ def test_gpu_build_writes_torchscript_and_onnx_with_matching_names(tmp_path: Pat
     module = torch.jit.load(str(tmp_path / "ca_mobilenetv2" / "1" / "model.pt"))
     out = module(torch.zeros(2, 224, 224, 3, dtype=torch.uint8))
     assert out.shape == (2, 1000)
-    ts_config = triton_config.parse((tmp_path / "ca_mobilenetv2" / "config.pbtxt").read_text())
+    ts_config = triton_config.load(tmp_path / "ca_mobilenetv2")
     assert triton_config.tensor_names(ts_config) == (["IMAGE__0"], ["PROBS__0"])
     for name in ("ca_mobilenetv2_onnx", "ca_mobilenetv2_trt"):
-        config = triton_config.parse((tmp_path / name / "config.pbtxt").read_text())
+        config = triton_config.load(tmp_path / name)
         assert triton_config.tensor_names(config) == (["IMAGE"], ["PROBS"])
     meta = json.loads((tmp_path / "ca_mobilenetv2" / "1" / "weights.json").read_text())
     assert meta["source"] == "random-init" and meta["random_init"] is True

@@ -82,9 +82,7 @@ def test_onnx_agrees_with_eager_on_cuda(
     repository, batch, reference = cuda_repository
     model_dir = repository / "ca_mobilenetv2_onnx"
     # The CUDA EP options the model's config gives Triton's ONNX Runtime backend.
-    options = triton_config.cuda_provider_options(
-        triton_config.parse((model_dir / "config.pbtxt").read_text())
-    )
+    options = triton_config.cuda_provider_options(triton_config.load(model_dir))
     session = ort.InferenceSession(
         str(model_dir / "1" / "model.onnx"), providers=[("CUDAExecutionProvider", options)]
     )
