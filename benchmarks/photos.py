@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-SOURCE_DIR = Path("/work/shared/testdata/images")
+SOURCE_DIR = Path(__file__).resolve().parents[1] / "tests" / "data" / "images"
 WEB_SIZE = (500, 375)
 PHONE_SIZE = (4032, 3024)
 EXIF_ORIENTATION = 0x0112

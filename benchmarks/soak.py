@@ -42,7 +42,7 @@ import aiohttp
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-PHOTOS = Path("/work/shared/testdata/images")
+PHOTOS = Path(__file__).resolve().parents[1] / "tests" / "data" / "images"
 
 
 @dataclass(frozen=True)

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-TESTDATA_IMAGES = Path(__file__).resolve().parents[1].parent / "shared" / "testdata" / "images"
+TESTDATA_IMAGES = Path(__file__).resolve().parent / "data" / "images"
 
 
 def photo_paths() -> list[Path]:
-    """The real photos in ../shared/testdata/images (JPEG and PNG)."""
+    """The real photos in tests/data/images (JPEG and PNG; SOURCES.md says where from)."""
     return sorted(p for p in TESTDATA_IMAGES.iterdir() if p.suffix.lower() in {".jpg", ".png"})
 
 
