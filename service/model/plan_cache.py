@@ -22,12 +22,13 @@ at once. Correctness rests on temp + verify + rename and on the checksum on ever
 reader sees the old whole file or the new whole file, and a plan/manifest pair caught
 between two renames fails its checksum and is re-read under the lock. With that alone
 several pods would each spend minutes of GPU building the same plan, so builders of one
-key also serialise on `fcntl.flock` of `<key>.lock`: the kernel drops the lock when its
-holder dies (SIGKILL, OOM kill, node loss for NFSv4 after its lease), so there is no stale
-lock to clean up, and the lock file itself is never deleted (deleting a locked file lets
-two processes lock two different inodes). Filesystems that refuse flock (ENOLCK,
-EOPNOTSUPP) fall back to last-rename-wins, which stays correct. The holder of a key's lock
-owns that key's temp files: any it finds were left by a dead builder and are removed.
+key also serialise on `fcntl.flock` of `<key>.lock` (on NFS, Linux maps flock to a
+whole-file lock the server arbitrates). The kernel drops the lock when its holder dies
+(SIGKILL, OOM kill; node loss once an NFSv4 lease expires), so there is no stale lock to
+clean up, and the lock file is never deleted (deleting a locked file lets two processes
+lock two different inodes). Filesystems that refuse flock (ENOLCK, EOPNOTSUPP) fall back to
+last-rename-wins, which stays correct. The holder of a key's lock owns that key's temp
+files: any it finds were left by a dead builder and are removed.
 """
 
 from __future__ import annotations

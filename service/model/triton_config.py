@@ -43,7 +43,8 @@ CPU_MAX_BATCH_SIZE = 32
 # CPU, 5 s: a CPU runs a full batch in 0.25-1 s, so a sub-second budget would reject as
 # soon as two gateway batches queue; half the gateway's 10 s still leaves the retry room.
 # `allow_timeout_override`: a request may ask for a shorter wait (its own deadline), never
-# a longer one (Triton takes the smaller of the two).
+# a longer one (Triton takes the smaller of the two). REJECT is the enum's zero value, so
+# config.pbtxt does not print `timeout_action`; Triton reads it as REJECT all the same.
 GPU_QUEUE_TIMEOUT_S = 0.5
 CPU_QUEUE_TIMEOUT_S = 5.0
 # Images per request the queue bound assumes: under load the GPU overlay's gateways send
