@@ -7,7 +7,8 @@ image's own libnvinfer: the file Triton's TensorRT backend links. This module ch
 at start-up, from what the process actually mapped, and says so in one line:
 
 - the bindings' version equals the pin (`TENSORRT_VERSION`, deploy/versions.env);
-- the libnvinfer this process loaded has the bindings' major.minor.patch;
+- the libnvinfer this process loaded reports the bindings' major.minor.patch (its
+  `getInferLibVersion()`, else the version in its file name);
 - where Triton's TensorRT backend is present (the init image), it resolves libnvinfer to
   that very file (a pip-installed TensorRT elsewhere on the path would fail here).
 
@@ -16,6 +17,7 @@ The parsing and the comparison are pure functions, tested on CPU with recorded t
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 import subprocess
@@ -41,6 +43,7 @@ class TensorRTInstall:
     bindings_version: str
     library: Path | None  # the libnvinfer mapped into this process, symlinks resolved
     server_library: Path | None  # what Triton's TensorRT backend resolves it to; None: no backend
+    library_version: str | None = None  # what `library` reports itself; None: use its name
 
 
 def library_version(path: Path) -> str | None:
@@ -49,6 +52,14 @@ def library_version(path: Path) -> str | None:
     if match is None or match.group(1).count(".") < 2:
         return None
     return match.group(1)
+
+
+def decode_lib_version(value: int) -> str:
+    """`getInferLibVersion()`'s integer as major.minor.patch: (major * 100 + minor) * 100 +
+    patch from TensorRT 10 on, major * 1000 + minor * 100 + patch before."""
+    if value >= 100_000:
+        return f"{value // 10_000}.{value // 100 % 100}.{value % 100}"
+    return f"{value // 1000}.{value // 100 % 10}.{value % 100}"
 
 
 def mapped_libnvinfer(maps: str) -> Path | None:
@@ -85,7 +96,7 @@ def check(install: TensorRTInstall, pin: str | None) -> str:
         )
     if install.library is None:
         raise TensorRTMismatch(f"TensorRT {found}'s bindings loaded no libnvinfer.so.X.Y.Z")
-    library = library_version(install.library)
+    library = install.library_version or library_version(install.library)
     if library != _major_minor_patch(found):
         raise TensorRTMismatch(
             f"TensorRT bindings {found} run on {install.library} ({library}): the plan "
@@ -123,4 +134,15 @@ def inspect(bindings_version: str) -> TensorRTInstall:
         bindings_version=bindings_version,
         library=Path(os.path.realpath(loaded)) if loaded else None,
         server_library=server,
+        library_version=_reported_version(loaded) if loaded else None,
     )
+
+
+def _reported_version(library: Path) -> str | None:
+    """What the loaded library says it is (pip's library wheels name files by soname only)."""
+    try:
+        function = ctypes.CDLL(str(library)).getInferLibVersion  # already loaded: same handle
+    except (OSError, AttributeError):
+        return None
+    function.restype = ctypes.c_int32
+    return decode_lib_version(int(function()))

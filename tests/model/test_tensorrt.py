@@ -1,4 +1,6 @@
-"""TensorRT and CUDA agreement: need a GPU, so they skip cleanly on CPU-only machines."""
+"""TensorRT: the GPU agreement tests (skipped without CUDA and TensorRT), and on CPU the
+builder's flags and profile (a stand-in `tensorrt` module), the version check on recorded
+`/proc` and `ldd` text, and the plan checks that run before a plan executes."""
 
 from __future__ import annotations
 
@@ -262,6 +264,9 @@ def test_the_process_maps_and_ldd_name_libnvinfer_not_its_siblings() -> None:
     assert tensorrt_version.ldd_libnvinfer("\tlibnvinfer.so.10 => not found\n") is None
     assert tensorrt_version.library_version(SYSTEM_LIB) == "10.11.0"
     assert tensorrt_version.library_version(Path("libnvinfer.so.10")) is None
+    # getInferLibVersion(): (major * 100 + minor) * 100 + patch; TensorRT 8, major * 1000 + ...
+    assert tensorrt_version.decode_lib_version(101100) == "10.11.0"
+    assert tensorrt_version.decode_lib_version(8601) == "8.6.1"
 
 
 def install(bindings: str = "10.11.0.33", library: Path | None = SYSTEM_LIB,
@@ -275,6 +280,11 @@ def test_the_pinned_tensorrt_that_triton_links_passes_and_is_named() -> None:
     assert "the same file Triton's TensorRT backend links; pin 10.11.0.33" in line
     elsewhere = tensorrt_version.check(install(server=None), None)
     assert "no Triton TensorRT backend here" in elsewhere and "no TENSORRT_VERSION" in elsewhere
+    # pip's library wheel names files by soname only: the library's own report counts.
+    wheel = tensorrt_version.TensorRTInstall(
+        "10.11.0.33", WHEEL_LIB.with_name("libnvinfer.so.10"), None, "10.11.0"
+    )
+    assert "TensorRT 10.11.0.33" in tensorrt_version.check(wheel, "10.11.0.33")
 
 
 @pytest.mark.parametrize(
@@ -284,8 +294,11 @@ def test_the_pinned_tensorrt_that_triton_links_passes_and_is_named() -> None:
         (install(library=WHEEL_LIB), "10.11.0.33", "Triton's TensorRT backend links"),
         (install(library=SYSTEM_LIB.with_name("libnvinfer.so.10.9.0")), None, "other than"),
         (install(library=None), None, "loaded no libnvinfer"),
+        (tensorrt_version.TensorRTInstall("10.11.0.33", WHEEL_LIB.with_name("libnvinfer.so.10"),
+                                          None, "10.9.0"), None, r"\(10\.9\.0\)"),
     ],
-    ids=["other-version", "pip-wheel-library", "bindings-vs-library", "nothing-loaded"],
+    ids=["other-version", "pip-wheel-library", "bindings-vs-library", "nothing-loaded",
+         "library-reports-another-version"],
 )
 def test_a_tensorrt_other_than_the_pinned_one_triton_links_fails(
     found: tensorrt_version.TensorRTInstall, pin: str | None, message: str

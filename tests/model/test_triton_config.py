@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 from tritonclient.grpc import model_config_pb2 as pb
@@ -67,3 +68,13 @@ def test_the_tensorrt_profile_spans_every_batch_triton_may_send() -> None:
     max_batch = config("tensorrt").max_batch_size
     assert 1 <= opt_batch_size(max_batch) <= max_batch
     assert opt_batch_size(max_batch) == 64
+
+
+def test_the_queue_bound_assumes_the_batches_the_gpu_gateways_send() -> None:
+    env = Path(__file__).resolve().parents[2] / "k8s" / "overlays" / "gpu" / "gateway-config.env"
+    settings = dict(
+        line.split("=", 1) for line in env.read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    assert int(settings["CA_MAX_BATCH_SIZE"]) == triton_config.IMAGES_PER_REQUEST
+    assert int(settings["CA_MAX_BATCH_SIZE"]) <= triton_config.GPU_MAX_BATCH_SIZE
