@@ -4,7 +4,7 @@
 # tests (TorchScript/ONNX/TensorRT agreeing on CUDA, the TensorRT plan) and
 # `benchmarks.gpu` (batch 1..128, FP32 and FP16). Logs and gpu.json go to $OUT, or to
 # benchmarks/results/gpu. Each step has its own time limit, and a failing step does not
-# stop the next: the point is to learn as much as one short lease allows.
+# stop the next: the point is to learn as much as a short time on a GPU machine allows.
 #
 #   bash benchmarks/gpu_check.sh [--seconds 1]     # extra flags go to benchmarks.gpu
 set -u

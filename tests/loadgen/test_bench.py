@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from clients.bench import check_loopback, main
-from clients.bench_stats import Sample, summarize, timeline
 from service.cli import main as ca_serve
+from service.loadgen.bench import check_loopback, main
+from service.loadgen.stats import Sample, summarize, timeline
 from tests.support.gateway import GatewayServer
 
 

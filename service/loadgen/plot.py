@@ -12,7 +12,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from clients.bench_stats import Sample
+from service.loadgen.stats import Sample
 
 
 def write_plot(samples: list[Sample], summary: dict[str, Any], path: Path) -> None:

@@ -26,16 +26,16 @@ from urllib.parse import urlsplit
 
 from PIL import Image
 
-from clients.bench_http import (
+from clients.classify_cmd import IMAGE_SUFFIXES, positive_int
+from clients.client import DEFAULT_URL, USER_AGENT
+from clients.inputs import to_upload
+from service.loadgen.http_client import (
     ConnectionPool,
     HTTPError,
     encode_request,
     multipart_form,
 )
-from clients.bench_stats import Sample, format_summary, latency_ms, summarize
-from clients.classify_cmd import IMAGE_SUFFIXES, positive_int
-from clients.client import DEFAULT_URL, USER_AGENT
-from clients.inputs import to_upload
+from service.loadgen.stats import Sample, format_summary, latency_ms, summarize
 
 
 class Target(Protocol):
@@ -52,7 +52,7 @@ class Target(Protocol):
 
 class GatewayTarget:
     """`POST <path>` (`/classify` by default) with K images per request: a raw body for one,
-    multipart for more. Every distinct request is encoded once (see `bench_http`)."""
+    multipart for more. Every distinct request is encoded once (see `http_client`)."""
 
     def __init__(self, url: str, images: list[bytes], *, batch: int, top_k: int,
                  timeout_s: float, api_key: str | None, path: str = "/classify") -> None:
@@ -262,8 +262,8 @@ def _make_target(args: argparse.Namespace, images: list[bytes]) -> Target:
             check_loopback(host)
         return GatewayTarget(args.url, images, batch=args.batch_files, top_k=args.top_k,
                              timeout_s=args.timeout, api_key=args.api_key, path=args.path)
-    from clients.bench_triton import TritonTarget, load_spec, preprocessed_batches
     from service.gateway.settings import Settings
+    from service.loadgen.triton import TritonTarget, load_spec, preprocessed_batches
 
     settings = Settings()  # CA_* environment variables, as the gateway reads them
     address = args.triton.split("://", 1)[-1]
@@ -299,7 +299,7 @@ async def _run(args: argparse.Namespace, target: Target) -> dict[str, Any]:
     }
     summary = summarize(samples, run.elapsed_s, config)
     if args.plot is not None:
-        from clients.bench_plot import write_plot
+        from service.loadgen.plot import write_plot
 
         write_plot(samples, summary, args.plot)
     return summary

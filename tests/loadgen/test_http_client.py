@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from clients.bench_http import ConnectionPool, HTTPError, encode_request, multipart_form
+from service.loadgen.http_client import ConnectionPool, HTTPError, encode_request, multipart_form
 
 
 @dataclass
