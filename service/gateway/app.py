@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from service.gateway.backends import Backend
-from service.gateway.errors import install_handlers
+from service.gateway.http_errors import install_handlers
 from service.gateway.metrics import GatewayMetrics, mark_process_dead
 from service.gateway.middleware import RequestContextMiddleware
 from service.gateway.routes import router

@@ -1,5 +1,5 @@
 """HTTP routes. They parse, call the runtime and shape answers; errors are raised as
-`GatewayError`s and rendered by `errors.py`."""
+`service.errors` types and rendered by `http_errors.py`."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from typing import Annotated, Any, TypeVar
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 
-from service.gateway.errors import BackendUnavailable, ClientClosedRequest, InvalidParameter
+from service.errors import BackendUnavailable, ClientClosedRequest, InvalidParameter
 from service.gateway.metrics import CONTENT_TYPE
-from service.gateway.runtime import Runtime
+from service.gateway.runtime import Runtime, Upload
 from service.gateway.schemas import (
     ClassifyResponse,
     ErrorResponse,
@@ -26,7 +26,7 @@ from service.gateway.schemas import (
     WeightsSource,
 )
 from service.gateway.security import Authorized
-from service.gateway.uploads import Upload, media_type, parse_multipart, read_body, request_kind
+from service.gateway.uploads import media_type, parse_multipart, read_body, request_kind
 
 T = TypeVar("T")
 STATIC_DIR = Path(__file__).parent / "static"

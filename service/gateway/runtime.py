@@ -5,6 +5,9 @@ Preprocessing runs in the thread pool (bad images fail their own request before 
 reach the queue); each image then goes through the micro-batcher as
 `(image, top_k, enqueued_at)`, and each batch asks the backend for the largest `k` in it,
 every caller keeping its own first `k`.
+
+No web framework here: the HTTP layer hands in `Upload`s and turns the `service.errors`
+raised back into answers.
 """
 
 from __future__ import annotations
@@ -20,6 +23,13 @@ from typing import NamedTuple, ParamSpec, TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
+from service.errors import (
+    BackendUnavailable,
+    Overloaded,
+    RequestTimeout,
+    ServiceError,
+    ShuttingDown,
+)
 from service.gateway.backends import Backend, build_backend
 from service.gateway.batching import (
     ADMISSION_HEADROOM,
@@ -27,18 +37,10 @@ from service.gateway.batching import (
     MicroBatcher,
     QueueFullError,
 )
-from service.gateway.errors import (
-    BackendUnavailable,
-    GatewayError,
-    Overloaded,
-    RequestTimeout,
-    ShuttingDown,
-)
 from service.gateway.metrics import GatewayMetrics, multiprocess_dir
 from service.gateway.modelinfo import ModelInfo, load_model_info
-from service.gateway.preprocess import Preprocessor
 from service.gateway.settings import Settings
-from service.gateway.uploads import Upload
+from service.preprocess import Preprocessor
 
 logger = logging.getLogger("ca.gateway.runtime")
 
@@ -47,13 +49,23 @@ T = TypeVar("T")
 Ranking = list[tuple[int, float]]  # (class index, score), best first
 
 
+@dataclass(frozen=True)
+class Upload:
+    """One encoded image as a client sent it. `filename` is for messages and answers only
+    (already sanitised by whoever parsed it), never a path."""
+
+    data: bytes
+    filename: str | None = None
+    content_type: str = ""
+
+
 class _Item(NamedTuple):
     image: NDArray[np.uint8]
     k: int
     enqueued_at: float
 
 
-_ERROR_REASONS: dict[type[GatewayError], str] = {
+_ERROR_REASONS: dict[type[ServiceError], str] = {
     RequestTimeout: "timeout",
     BackendUnavailable: "unavailable",
 }
@@ -124,7 +136,7 @@ class Runtime:
     async def classify(self, uploads: Sequence[Upload], k: int) -> list[Ranking]:
         """Top-`k` rankings, one per upload in order, within `request_timeout_s`.
 
-        Raises the upload's own `GatewayError` for a bad image, `BackendUnavailable` or
+        Raises the upload's own `ServiceError` for a bad image, `BackendUnavailable` or
         `ShuttingDown` (fast, before any work), `Overloaded`, `RequestTimeout`.
         """
         if self.batcher.closed:
@@ -188,7 +200,7 @@ class Runtime:
         )
         images: list[NDArray[np.uint8]] = []
         for number, (upload, result) in enumerate(zip(uploads, results, strict=True), 1):
-            if isinstance(result, GatewayError):
+            if isinstance(result, ServiceError):
                 if len(uploads) > 1:
                     name = f" ({upload.filename})" if upload.filename else ""
                     result.message = f"file {number}{name}: {result.message}"
@@ -240,7 +252,7 @@ def batch_function(
         k = max(item.k for item in items)
         try:
             top = await backend.top_k(batch, k)
-        except GatewayError as exc:
+        except ServiceError as exc:
             metrics.backend_error(_reason(exc))
             raise
         except Exception as exc:
@@ -256,7 +268,7 @@ def batch_function(
     return run_batch
 
 
-def _reason(error: GatewayError) -> str:
+def _reason(error: ServiceError) -> str:
     for cls, reason in _ERROR_REASONS.items():
         if isinstance(error, cls):
             return reason

@@ -21,7 +21,7 @@ from python_multipart.multipart import (
 )
 from starlette.requests import Request
 
-from service.gateway.errors import (
+from service.errors import (
     BadRequest,
     BodyTimeout,
     InvalidParameter,
@@ -29,6 +29,7 @@ from service.gateway.errors import (
     TooManyFiles,
     UnsupportedMediaType,
 )
+from service.gateway.runtime import Upload
 
 RAW_IMAGE_TYPES = frozenset({
     "image/jpeg", "image/jpg", "image/pjpeg", "image/png", "image/webp", "image/gif",
@@ -38,13 +39,6 @@ RAW_IMAGE_TYPES = frozenset({
 PART_TYPES = RAW_IMAGE_TYPES | {"application/octet-stream", ""}
 FILE_FIELD = "file"
 _MAX_OTHER_PARTS = 16
-
-
-@dataclass(frozen=True)
-class Upload:
-    data: bytes
-    filename: str | None = None
-    content_type: str = ""
 
 
 def media_type(header: str | None) -> str:

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
+from service.errors import BackendUnavailable, ContractError
 from service.gateway.backends.embedded import EmbeddedBackend, open_session
 from service.gateway.backends.triton import (
     TritonBackend,
     check_metadata_contract,
     parse_classification,
 )
-from service.gateway.errors import BackendUnavailable, ContractError
 from service.gateway.metrics import BATCH_SIZE_BUCKETS, DURATION_BUCKETS, GatewayMetrics
 from service.gateway.security import ApiKeys
 from service.gateway.settings import Settings

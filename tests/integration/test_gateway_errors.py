@@ -16,8 +16,8 @@ import httpx
 import pytest
 from PIL import Image
 
+from service.errors import BackendUnavailable
 from service.gateway.app import create_app
-from service.gateway.errors import BackendUnavailable
 from service.gateway.settings import Settings
 from tests.gateway.conftest import FakeBackend
 from tests.support.gateway import TINY_MODEL, GatewayServer, write_tiny_repository

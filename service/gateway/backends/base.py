@@ -32,8 +32,8 @@ class Backend(Protocol):
     """An inference backend behind the micro-batcher.
 
     Batches are uint8 `[N, H, W, 3]` (RGB, HWC) per the model spec. Failures are raised as
-    `errors.BackendUnavailable` (503) or `errors.RequestTimeout` (504); a model that does
-    not match its spec raises `errors.ContractError` from `start()`.
+    `service.errors.BackendUnavailable` or `service.errors.RequestTimeout`; a model that
+    does not match its spec raises `service.errors.ContractError` from `start()`.
     """
 
     #: Label value for metrics: "embedded" or "triton".

@@ -22,9 +22,9 @@ import numpy as np
 import onnxruntime as ort
 from numpy.typing import NDArray
 
+from service.errors import BackendUnavailable, ContractError
 from service.gateway.backends import blocked_layout
 from service.gateway.backends.base import TopK, top_k_from_probs
-from service.gateway.errors import BackendUnavailable, ContractError
 from service.spec import ModelSpec
 
 logger = logging.getLogger("ca.gateway.backend.embedded")

@@ -22,13 +22,8 @@ import numpy as np
 from numpy.typing import NDArray
 from tritonclient.utils import InferenceServerException
 
+from service.errors import BackendUnavailable, ContractError, RequestTimeout, ServiceError
 from service.gateway.backends.base import TopK, top_k_from_probs
-from service.gateway.errors import (
-    BackendUnavailable,
-    ContractError,
-    GatewayError,
-    RequestTimeout,
-)
 from service.gateway.settings import Settings
 from service.spec import ModelSpec
 
@@ -194,7 +189,7 @@ class TritonBackend:
         try:
             async with asyncio.timeout(self.timeout_s):
                 return await self._client.infer(self.model, [image], **kwargs)
-        except GatewayError:
+        except ServiceError:
             raise
         except TimeoutError as exc:
             raise RequestTimeout(f"triton did not answer in {self.timeout_s} s") from exc
@@ -204,7 +199,7 @@ class TritonBackend:
             self._mark_down(f"triton at {self.url} unreachable: {_short(exc)}")
             raise BackendUnavailable(f"triton unreachable: {_short(exc)}") from exc
 
-    def _translate(self, exc: InferenceServerException) -> GatewayError:
+    def _translate(self, exc: InferenceServerException) -> ServiceError:
         status = str(exc.status() or "")
         if "DEADLINE_EXCEEDED" in status:
             return RequestTimeout(f"triton did not answer in {self.timeout_s} s")

@@ -1,10 +1,13 @@
 """Image bytes -> the model's input: uint8 `[input_size, input_size, 3]` RGB (HWC).
 
-Every constant comes from the `ModelSpec`. The pipeline, in order:
+The one preprocessing of the project: the gateway serves with it and export checks
+(`service.verification`) verify models on it. Every constant comes from the `ModelSpec`.
+The pipeline, in order:
 
 1. Identify the format from the header (JPEG, PNG, WebP, GIF, BMP, TIFF only, so no
    exotic Pillow plugin ever parses client bytes) and check the declared pixel count
-   against the limit before a single pixel is decoded (decompression bombs -> 413).
+   against the limit before a single pixel is decoded (decompression bombs ->
+   `ImageTooLarge`).
 2. JPEGs much larger than needed are decoded at 1/2, 1/4 or 1/8 scale (`Image.draft`).
 3. First frame only (animated GIF/WebP/PNG, multi-page TIFF); EXIF orientation applied
    to the 224x224 result (the crop is still of the upright image: see step 5).
@@ -29,7 +32,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import ExifTags, Image, UnidentifiedImageError
 
-from service.gateway.errors import GatewayError, ImageTooLarge, UndecodableImage
+from service.errors import ImageTooLarge, ServiceError, UndecodableImage
 from service.spec import ModelSpec
 
 # Formats a client may send. MPO (phones' multi-picture JPEG) is opened by the JPEG plugin.
@@ -59,9 +62,9 @@ def preprocess(data: bytes, spec: ModelSpec, *, max_image_pixels: int) -> NDArra
     """Decode and transform one image.
 
     Returns a C-contiguous uint8 array shaped `spec.input_shape`. Raises `ImageTooLarge`
-    (413) when the header declares more than `max_image_pixels` pixels, and
-    `UndecodableImage` (400) for anything Pillow cannot decode (garbage, truncated data,
-    unsupported format or mode).
+    when the header declares more than `max_image_pixels` pixels, and `UndecodableImage`
+    for anything Pillow cannot decode (garbage, truncated data, unsupported format or
+    mode).
     """
     try:
         image = _open_checked(data, max_image_pixels)
@@ -71,7 +74,7 @@ def preprocess(data: bytes, spec: ModelSpec, *, max_image_pixels: int) -> NDArra
         image, transpose = _first_frame(image)
         rgb = to_rgb(image)
         return _resize_and_crop(rgb, spec, transpose)
-    except GatewayError:
+    except ServiceError:
         raise
     except Exception as exc:
         # Pillow's decoders raise a wide, undocumented set on malformed input (OSError,
