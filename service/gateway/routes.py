@@ -161,7 +161,8 @@ async def healthz() -> Health:
 )
 async def readyz(request: Request) -> Response:
     runtime: Runtime | None = getattr(request.app.state, "runtime", None)
-    backend = request.app.state.settings.backend
+    # The backend that runs; before start-up, the one the settings name.
+    backend = runtime.backend.name if runtime is not None else request.app.state.settings.backend
     if runtime is None:
         body = Readiness(status="not_ready", backend=backend, detail="starting")
     elif runtime.batcher.closed:
@@ -208,7 +209,7 @@ async def model_description(_auth: Authorized, runtime: RuntimeDep) -> ModelDesc
     return ModelDescription(
         name=spec.name,
         version=runtime.backend.model_version(),
-        backend=runtime.settings.backend,
+        backend=runtime.backend.name,
         architecture=spec.architecture,
         num_classes=spec.num_classes,
         input_size=spec.input_size,

@@ -39,7 +39,7 @@ from service.gateway.batching import (
 )
 from service.gateway.metrics import GatewayMetrics, multiprocess_dir
 from service.gateway.modelinfo import ModelInfo, load_model_info
-from service.gateway.settings import Settings
+from service.gateway.settings import EffectiveSettings, Settings, resolve
 from service.preprocess import Preprocessor
 
 logger = logging.getLogger("ca.gateway.runtime")
@@ -74,6 +74,7 @@ _ERROR_REASONS: dict[type[ServiceError], str] = {
 @dataclass
 class Runtime:
     settings: Settings
+    effective: EffectiveSettings
     model: ModelInfo
     backend: Backend
     metrics: GatewayMetrics
@@ -90,31 +91,30 @@ class Runtime:
         """Load the model info, start the backend (raises `ContractError`/`SpecError` on a
         model the gateway cannot serve) and the batcher."""
         model = load_model_info(settings)
-        backend = backend if backend is not None else build_backend(settings, model)
+        effective = resolve(settings, model.spec)
+        if backend is None:
+            backend = build_backend(settings, model, effective)
         await backend.start()
         batcher: MicroBatcher[_Item, Ranking] = MicroBatcher(
             batch_function(backend, metrics),
-            max_batch_size=min(settings.max_batch_size, model.spec.max_batch_size),
+            max_batch_size=effective.max_batch_size,
             max_batch_delay_s=settings.max_batch_delay_ms / 1000.0,
             max_queue=settings.max_queue,
-            max_concurrent_batches=(
-                settings.max_concurrent_batches or backend.default_concurrent_batches
-            ),
+            max_concurrent_batches=effective.concurrent_batches,
         )
         runtime = cls(
             settings=settings,
+            effective=effective,
             model=model,
             backend=backend,
             metrics=metrics,
-            pool=ThreadPoolExecutor(settings.preprocess_workers, thread_name_prefix="ca-cpu"),
+            pool=ThreadPoolExecutor(effective.preprocess_threads, thread_name_prefix="ca-cpu"),
             batcher=batcher,
             preprocessor=Preprocessor(model.spec, settings.max_image_pixels),
         )
         if not multiprocess_dir():
             metrics.queue_depth.set_function(lambda: runtime.batcher.depth)
-        probe = getattr(backend, "set_cpu_jobs_probe", None)
-        if probe is not None:  # the embedded backend shares the cores with preprocessing
-            probe(lambda: runtime.cpu_jobs)
+        backend.set_cpu_jobs_probe(lambda: runtime.cpu_jobs)
         runtime.batcher.start()
         return runtime
 
@@ -167,7 +167,7 @@ class Runtime:
             return True
         if not behind:  # nothing ahead in the pool: never shed on an estimate alone
             return False
-        pool_s = (behind + images) * self._preprocess_s / self.settings.preprocess_workers
+        pool_s = (behind + images) * self._preprocess_s / self.effective.preprocess_threads
         return pool_s + self.batcher.expected_wait_s(images + behind) > (
             ADMISSION_HEADROOM * budget_s
         )

@@ -38,7 +38,7 @@ class WeightsSource(BaseModel):
 class ModelDescription(BaseModel):
     name: str
     version: str
-    backend: Literal["embedded", "triton"]
+    backend: str = Field(description="The inference backend serving: 'embedded' or 'triton'")
     architecture: str
     num_classes: int
     input_size: int = Field(description="Side of the square crop the model sees, pixels")
@@ -56,7 +56,7 @@ class Health(BaseModel):
 
 class Readiness(BaseModel):
     status: Literal["ready", "not_ready"]
-    backend: str
+    backend: str = Field(description="The inference backend: 'embedded' or 'triton'")
     detail: str
 
 

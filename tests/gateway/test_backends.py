@@ -22,7 +22,6 @@ from service.gateway.backends.triton import (
 )
 from service.gateway.metrics import BATCH_SIZE_BUCKETS, DURATION_BUCKETS, GatewayMetrics
 from service.gateway.security import ApiKeys
-from service.gateway.settings import Settings
 from service.spec import ModelSpec
 from tests.support.gateway import TINY_MODEL, write_tiny_repository
 
@@ -148,14 +147,8 @@ def test_parse_classification_strings() -> None:
         parse_classification(raw, 3)
 
 
-async def test_triton_backend_starts_not_ready_when_unreachable(tiny_repository: Path) -> None:
-    settings = Settings(
-        backend="triton",
-        triton_url="127.0.0.1:9",
-        model_repository=tiny_repository,
-        triton_health_interval_s=0.1,
-    )
-    backend = TritonBackend(settings, SPEC)
+async def test_triton_backend_starts_not_ready_when_unreachable() -> None:
+    backend = TritonBackend(SPEC, url="127.0.0.1:9", model=TINY_MODEL, health_interval_s=0.1)
     await backend.start()
     try:
         assert not backend.ready() and "unreachable" in backend.status()

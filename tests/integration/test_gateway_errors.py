@@ -243,6 +243,7 @@ def fake_server(repository: Path, fake: FakeBackend) -> Iterator[GatewayServer]:
         max_queue=2,
         max_batch_size=1,
         max_batch_delay_ms=0,
+        max_concurrent_batches=1,
         request_timeout_s=1.0,
         retry_after_s=3,
     )

@@ -54,8 +54,6 @@ class EmbeddedBackend:
         self.threads = max(1, threads)
         self.streams = max(1, streams)
         self.spinning = spinning
-        #: The batcher keeps one batch in flight per stream.
-        self.default_concurrent_batches = self.streams
         self._version = version
         self._session: ort.InferenceSession | None = None  # for a batch that runs alone
         self._single: ort.InferenceSession | None = None  # for concurrent batches
@@ -66,7 +64,8 @@ class EmbeddedBackend:
         )
 
     def set_cpu_jobs_probe(self, probe: Callable[[], int]) -> None:
-        """`probe()` says how many other CPU jobs (preprocessing) are in flight now."""
+        """`probe()` says how many other CPU jobs (preprocessing) are in flight now: a
+        batch that starts beside them runs single-threaded, leaving them the other cores."""
         self._cpu_jobs = probe
 
     async def start(self) -> None:
