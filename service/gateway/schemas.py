@@ -14,7 +14,11 @@ class Prediction(BaseModel):
 
 
 class ImageResult(BaseModel):
-    filename: str | None = Field(None, description="The multipart part's filename, if any")
+    filename: str | None = Field(
+        None,
+        description="The multipart part's file name, cleaned: base name only, no control "
+        "characters, at most 255 characters; null when there is none",
+    )
     predictions: list[Prediction] = Field(description="Best first, `top_k` entries")
 
 
