@@ -65,7 +65,7 @@ class Settings(BaseSettings):
     # Batching and capacity.
     # CPU: ONNX Runtime's cost per image is lowest at batch 2-8; batches form from what
     # queued while the backend was busy, so waiting for company (a delay) only adds latency
-    # when a stream is idle (docs/performance.md, "Changes and their effect").
+    # when a stream is idle (docs/performance.md).
     max_batch_size: int = Field(default=4, ge=1, le=1024)
     max_batch_delay_ms: float = Field(default=0.0, ge=0.0, le=1000.0)
     max_queue: int = Field(default=256, ge=1)

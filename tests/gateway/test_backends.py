@@ -94,7 +94,7 @@ async def test_embedded_backend_warms_each_session_with_the_largest_batch(
 
 
 def test_sessions_run_without_memory_patterns(tiny_repository: Path) -> None:
-    # Patterns made RSS creep under traffic (docs/performance.md, fifth session).
+    # Patterns made RSS creep under traffic (see `open_session`).
     session = open_session(
         tiny_repository / TINY_MODEL / "1" / "model.onnx", threads=1, spinning=False
     )

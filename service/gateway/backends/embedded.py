@@ -6,7 +6,7 @@ threads (lowest latency under light load); a batch that starts while another is 
 uses a single-threaded session and runs on its executor thread only. Under load that gives
 one single-threaded ONNX Runtime stream per core: no intra-op barriers, no threads
 spinning while a peer is descheduled, and the preprocessing threads get the cycles the
-streams leave. Measured in docs/performance.md ("Changes and their effect").
+streams leave. Measured in docs/performance.md.
 """
 
 from __future__ import annotations
@@ -158,7 +158,7 @@ def open_session(model: Path | bytes, *, threads: int, spinning: bool) -> ort.In
     # No memory patterns: with them each run takes one block planned for its batch size,
     # and the arena kept growing under traffic (+45 to +87 MB from 1,000 to 10,000
     # requests with the rewritten graph); without them +2 to +14 MB, at the same speed
-    # within 2% (docs/performance.md, fifth session).
+    # within 2%.
     options.enable_mem_pattern = False
     return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
 
