@@ -26,7 +26,7 @@ from service.gateway.schemas import (
     WeightsSource,
 )
 from service.gateway.security import Authorized
-from service.gateway.uploads import media_type, parse_multipart, read_body, request_kind
+from service.gateway.uploads import parse_multipart, read_body, request_kind
 
 T = TypeVar("T")
 STATIC_DIR = Path(__file__).parent / "static"
@@ -96,7 +96,7 @@ async def classify(
         request, settings.max_upload_bytes, timeout_s=settings.body_timeout_s
     )
     if kind == "raw":
-        uploads = [Upload(body, None, media_type(content_type))]
+        uploads = [Upload(body)]
     else:
         uploads = await runtime.run_cpu(
             parse_multipart, body, content_type, max_files=settings.max_files

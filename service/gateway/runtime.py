@@ -56,7 +56,6 @@ class Upload:
 
     data: bytes
     filename: str | None = None
-    content_type: str = ""
 
 
 class _Item(NamedTuple):

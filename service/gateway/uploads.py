@@ -170,7 +170,7 @@ class _Collector:
             raise UnsupportedMediaType(
                 f"part {shown!r} has Content-Type {ctype[:80]!r}; send images"
             )
-        self.files.append(Upload(b"".join(self._part.data), filename, ctype))
+        self.files.append(Upload(b"".join(self._part.data), filename))
 
 
 def parse_multipart(body: bytes, content_type: str, *, max_files: int) -> list[Upload]:
