@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image, JpegImagePlugin
 
-from service.gateway.errors import ImageTooLarge, UndecodableImage
-from service.gateway.preprocess import preprocess, to_rgb
+from service.errors import ImageTooLarge, UndecodableImage
+from service.preprocess import preprocess, to_rgb
 from service.spec import ModelSpec
 from tests.conftest import photo_paths
 
@@ -237,7 +237,7 @@ def test_pixel_bombs_are_rejected_from_the_header(size: tuple[int, int]) -> None
     with pytest.raises(ImageTooLarge) as info:
         run(data)
     assert time.perf_counter() - start < 0.5  # nothing was decoded
-    assert info.value.status == 413 and info.value.code == "image_too_large"
+    assert info.value.code == "image_too_large"
 
 
 def test_gif_bomb_rejected() -> None:
@@ -272,7 +272,7 @@ def test_pixel_limit_is_a_setting() -> None:
 def test_garbage_is_undecodable(data: bytes) -> None:
     with pytest.raises(UndecodableImage) as info:
         run(data)
-    assert info.value.status == 400 and info.value.code == "undecodable_image"
+    assert info.value.code == "undecodable_image"
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
