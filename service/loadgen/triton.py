@@ -1,7 +1,7 @@
 """`ca-serve bench --triton HOST:PORT`: drive Triton directly with preprocessed batches.
 
 The images are decoded, resized and cropped once, up front, by the gateway's own
-preprocessing (`service.gateway.preprocess`) following the model's `ModelSpec`, so the
+preprocessing (`service.preprocess`) following the model's `ModelSpec`, so the
 numbers measure Triton alone; set beside a gateway run they show the gateway's overhead.
 """
 
@@ -20,7 +20,7 @@ def preprocessed_batches(
     images: list[bytes], spec: ModelSpec, batch: int, max_image_pixels: int
 ) -> list[NDArray[np.uint8]]:
     """`len(images)` batches shaped `[batch, *spec.input_shape]`, cycling through the images."""
-    from service.gateway.preprocess import preprocess
+    from service.preprocess import preprocess
 
     arrays = [preprocess(data, spec, max_image_pixels=max_image_pixels) for data in images]
     return [
