@@ -14,6 +14,7 @@ ahead, a request waits about `k x call_ms(max_batch)`.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -230,7 +231,10 @@ def test_the_triton_target_fits_the_queue_policy_and_the_request_timeout(
     )
     # Triton rejects a request it cannot start in time while the gateway can still answer
     # (or retry on another pod) within its own timeout.
-    assert policy.timeout_s + call_s < settings.request_timeout_s
+    assert policy.timeout_s + call_s < settings.request_timeout_s, (
+        f"Triton's queue timeout {policy.timeout_s:g} s outlasts CA_REQUEST_TIMEOUT_S "
+        f"{settings.request_timeout_s:g} s: the gateway gives up first, Triton still runs it"
+    )
     # The bounded queue can hold enough to reach the target: a request behind k full batches
     # waits about k calls.
     queued_images = policy.max_queue_size * settings.max_batch_size
@@ -258,7 +262,8 @@ def test_triton_max_replicas_is_reachable(gpu: list[Manifest]) -> None:
     absorbed = below_max * images_per_s * (1 + c.tolerance)
     assert offered > absorbed, (
         f"{gateways.max_replicas} gateways send at most {offered:,.0f} images/s; "
-        f"{below_max} Triton pods absorb {absorbed:,.0f}: Triton never scales past "
+        f"{below_max} Triton pods absorb {absorbed:,.0f} at batch {config.max_batch_size}: "
+        "Triton never scales past "
         f"{below_max} of {triton.max_replicas}"
     )
     slots = settings.max_concurrent_batches
@@ -288,7 +293,8 @@ def test_gateway_max_replicas_is_reachable_in_front_of_triton(gpu: list[Manifest
     )
     assert triton.max_replicas * images_per_s >= at_target, (
         f"{triton.max_replicas} Triton pods absorb {triton.max_replicas * images_per_s:,.0f} "
-        f"images/s; gateways near their maximum send {at_target:,.0f} at the CPU target"
+        f"images/s at batch {config.max_batch_size}; gateways near their maximum send "
+        f"{at_target:,.0f} at the CPU target"
     )
 
 
@@ -308,7 +314,7 @@ def test_gateway_slots_are_not_the_bottleneck(gpu: list[Manifest]) -> None:
 def test_the_docs_state_each_autoscaler_range(overlays: dict[str, list[Manifest]]) -> None:
     """docs/deploy.md's capacity section names each HPA's range as the manifests set it."""
     docs = (ROOT / "docs" / "deploy.md").read_text()
-    section = docs.split("## Capacity and autoscaling", 1)
+    section = re.split(r"^## (?:\d+\. )?Capacity and autoscaling$", docs, maxsplit=1, flags=re.M)
     assert len(section) == 2, "docs/deploy.md has no 'Capacity and autoscaling' section"
     text = section[1].split("\n## ", 1)[0]
     for overlay, objects in overlays.items():

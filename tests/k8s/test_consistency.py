@@ -176,9 +176,11 @@ def test_gpu_gateway_balances_over_every_triton_pod(gpu: list[Manifest]) -> None
     triton = container(workload_by_label(gpu, TRITON), "triton")
     assert int(flag_value(triton["args"], "--grpc-port")) == container_port(triton, "grpc")
     # No ClusterIP Service in front of Triton for anyone to fall back to.
-    assert [s["metadata"]["name"] for s in of_kind(gpu, "Service") if selects(
-        s["spec"]["selector"], {"app.kubernetes.io/name": TRITON}
-    )] == [name]
+    assert [
+        s["metadata"]["name"]
+        for s in of_kind(gpu, "Service")
+        if selects(s["spec"]["selector"], {"app.kubernetes.io/name": TRITON})
+    ] == [name]
 
 
 def test_the_model_repository_is_where_the_gateway_looks(objects: list[Manifest]) -> None:
@@ -230,8 +232,9 @@ def route_paths(routes: Iterable[object]) -> Iterator[str]:
     """Paths of routes and mounts, descending into included routers (FastAPI may wrap
     them: `original_router`) and mounted sub-apps."""
     for route in routes:
-        if isinstance(getattr(route, "path", None), str):
-            yield str(getattr(route, "path"))
+        path = getattr(route, "path", None)
+        if isinstance(path, str):
+            yield path
         inner = getattr(route, "original_router", None) or route
         yield from route_paths(getattr(inner, "routes", None) or ())
 

@@ -70,6 +70,7 @@ def test_object_storage_variant_serves_the_onnx_model(tmp_path: Path, gpu: list[
     model = gateway_model(objects)
     args = triton_args(objects)
     check_served(model, args)
+
     # The rest of Triton's command line stays the same as without the component.
     def rest(argv: list[str]) -> list[str]:
         return [a for a in argv if not a.startswith(("--model-repository=", "--load-model="))]
