@@ -77,6 +77,14 @@ def test_object_storage_variant_serves_the_onnx_model(tmp_path: Path, gpu: list[
 
     assert rest(args) == rest(triton_args(gpu))
 
+    # ONNX Runtime builds its TensorRT engines while the model loads: more start-up time
+    # than deserialising a prebuilt plan.
+    def startup_s(objects: list[Manifest]) -> int:
+        probe = container(workload_by_label(objects, TRITON), "triton")["startupProbe"]
+        return int(probe["periodSeconds"]) * int(probe["failureThreshold"])
+
+    assert startup_s(objects) >= 2 * startup_s(gpu)
+
 
 @pytest.fixture(scope="module")
 def compose() -> Manifest:
