@@ -3,7 +3,7 @@
 # API at the same TensorRT version and the ca-serve package, so
 #   python3 -m service.model.tensorrt --repository /models --cache /cache
 # builds a plan this very Triton version loads. The server itself runs the stock image
-# (k8s/triton/deployment.yaml); keep TRITON_TAG and that image's tag the same.
+# (k8s/triton/statefulset.yaml); keep TRITON_TAG and that image's tag the same.
 #
 #   docker build -f deploy/docker/triton.Dockerfile -t ca-serve-triton:25.06-0.1.0 .
 #

@@ -13,6 +13,7 @@ ahead, a request waits about `k x call_ms(max_batch)`.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -21,8 +22,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from service.gateway.settings import Settings
+from service.gateway.settings import Settings, resolve
 from service.model import triton_config
+from service.spec import ModelSpec
 from tests.k8s.manifests import (
     GATEWAY,
     K8S,
@@ -134,9 +136,11 @@ def gateway_pod(objects: list[Manifest], c: Costs) -> GatewayPod:
     cpus = quantity(gateway["resources"]["requests"]["cpu"])
     embedded = settings.backend == "embedded"
     per_request = c.preprocess_ms + c.http_ms + (c.onnxruntime_ms if embedded else 0.0)
-    rates = [cpus * 1000 / per_request, settings.preprocess_workers * 1000 / c.preprocess_ms]
+    # Thread counts of 0 mean one per core: the pod's cores, not this test machine's.
+    effective = resolve(settings, ModelSpec.load(served_model(objects)), cores=math.ceil(cpus))
+    rates = [cpus * 1000 / per_request, effective.preprocess_threads * 1000 / c.preprocess_ms]
     if embedded:
-        rates.append(settings.inference_workers * 1000 / c.onnxruntime_ms)
+        rates.append(effective.inference_threads * 1000 / c.onnxruntime_ms)
     return GatewayPod(cpus, per_request, min(rates))
 
 
