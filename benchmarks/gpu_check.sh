@@ -7,8 +7,8 @@
 # plan it installed run at batch 1, 64 and 128 (`benchmarks.tensorrt_plan`), and
 # `benchmarks.gpu` (batch 1..128, FP32 and FP16). Logs and gpu.json go to $OUT, or to
 # benchmarks/results/gpu. Each step has its own time limit, and a failing step does not
-# stop the next: the point is to learn as much as one short lease allows. Without
-# TensorRT or a GPU the TensorRT steps print why and skip.
+# stop the next: the point is to learn as much as a short time on a GPU machine allows.
+# Without TensorRT or a GPU the TensorRT steps print why and skip.
 #
 #   bash benchmarks/gpu_check.sh [--seconds 1]     # extra flags go to benchmarks.gpu
 set -u

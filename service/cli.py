@@ -49,13 +49,14 @@ def _serve(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    # classify and bench own their argument parsing (they also run as `python -m clients.…`).
+    # classify and bench own their argument parsing (they also run as
+    # `python -m clients.classify_cmd` and `python -m service.loadgen.bench`).
     if argv[:1] == ["classify"]:
         from clients.classify_cmd import main as classify_main
 
         return classify_main(argv[1:])
     if argv[:1] == ["bench"]:
-        from clients.bench import main as bench_main
+        from service.loadgen.bench import main as bench_main
 
         return bench_main(argv[1:])
 

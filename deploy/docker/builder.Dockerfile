@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 # The model builder: CPU torch + the [model] extra, running `ca-serve build-repo`.
 #
-#   # the tool itself: `docker run ... ca-serve-builder build-repo --output /out ...`
+#   # the tool itself: `docker run ... ca-serve-builder:0.1.0 build-repo --output /out ...`
 #   docker build -f deploy/docker/builder.Dockerfile --target builder -t ca-serve-builder:0.1.0 .
 #   # the model image the Kubernetes init containers copy the repository from
 #   docker build -f deploy/docker/builder.Dockerfile --build-arg WEIGHTS=default \

@@ -3,7 +3,7 @@
 # bindings for the TensorRT already in it and the ca-serve package, so
 #   python3 -m service.model.tensorrt --repository /models --cache /cache
 # builds plans with the very libnvinfer that Triton's TensorRT backend loads them with. The
-# server runs the stock image of the same tag (k8s/triton/deployment.yaml).
+# server runs the stock image of the same tag (k8s/triton/statefulset.yaml).
 #
 #   docker build -f deploy/docker/triton.Dockerfile -t ca-serve-triton:25.06-0.1.0 .
 #
@@ -61,10 +61,10 @@ RUN set -eu; \
     if [ -z "${bound}" ] || [ "$(readlink -f "${bound}")" != "$(readlink -f "${server}")" ]; then \
         echo "the bindings load libnvinfer from '${bound}', Triton from '${server}'" >&2; exit 1; \
     fi
-# 3. What the step imports besides TensorRT (numpy, Pillow and the gateway's preprocessing
-# for the probe photos, ONNX Runtime CPU for the reference), at the pinned versions.
+# 3. What the step imports besides TensorRT (numpy and Pillow for the probe photos, ONNX
+# Runtime CPU for the reference), at the pinned versions.
 COPY deploy/docker/constraints.txt /tmp/constraints.txt
-RUN python3 -m pip install -c /tmp/constraints.txt numpy pillow onnxruntime fastapi \
+RUN python3 -m pip install -c /tmp/constraints.txt numpy pillow onnxruntime \
     && rm /tmp/constraints.txt
 # 4. The ca-serve package itself, without the gateway's server dependencies.
 WORKDIR /opt/ca-serve/src

@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from service.gateway.backends import Backend
-from service.gateway.errors import install_handlers
+from service.gateway.http_errors import install_handlers
 from service.gateway.metrics import GatewayMetrics, mark_process_dead
 from service.gateway.middleware import RequestContextMiddleware
 from service.gateway.routes import router
@@ -49,7 +49,7 @@ def create_app(
     the garbage collector's reach, so a full collection walks only what requests made.
     Without it, full collections in a 30-minute soak took 36-105 ms each, every few
     minutes, with the event loop stopped (docs/reliability.md)."""
-    metrics = GatewayMetrics(settings.backend, registry)
+    metrics = GatewayMetrics(backend.name if backend is not None else settings.backend, registry)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -62,7 +62,7 @@ def create_app(
             "serving %s v%s with the %s backend",
             runtime.model.spec.name,
             runtime.backend.model_version(),
-            settings.backend,
+            runtime.backend.name,
         )
         try:
             yield

@@ -1,9 +1,10 @@
 """The gateway's Prometheus metrics: names, buckets and label sets in one place.
 
-Names are the contract in DESIGN.md. Durations are seconds with geometric buckets from
-100 µs to ~13 s (decoding a thumbnail takes well under a millisecond, a cold batch
-seconds); batch sizes use powers of two. Label values are fixed sets chosen here
-(route templates, status codes, backend names, failure reasons), never client input.
+Names are a contract (docs/architecture.md, Metrics). Durations are seconds with
+geometric buckets from 100 µs to ~13 s (decoding a thumbnail takes well under a
+millisecond, a cold batch seconds); batch sizes use powers of two. Label values are fixed
+sets chosen here (route templates, status codes, backend names, failure reasons), never
+client input.
 
 Each `GatewayMetrics` registers into its own `CollectorRegistry` (injectable, so tests
 and several apps in one process never collide). When `PROMETHEUS_MULTIPROC_DIR` is set

@@ -1,4 +1,4 @@
-"""Real gateways for the client, CLI, bench and page tests: `gateway` serves the session's
+"""Real gateways for the client, CLI and page tests: `gateway` serves the session's
 built CPU repository (embedded ONNX Runtime backend); `keyed_gateway` wants an API key and
 serves a tiny random-init model."""
 

@@ -16,8 +16,8 @@ import httpx
 import pytest
 from PIL import Image
 
+from service.errors import BackendUnavailable
 from service.gateway.app import create_app
-from service.gateway.errors import BackendUnavailable
 from service.gateway.settings import Settings
 from tests.gateway.conftest import FakeBackend
 from tests.support.gateway import TINY_MODEL, GatewayServer, write_tiny_repository
@@ -243,6 +243,7 @@ def fake_server(repository: Path, fake: FakeBackend) -> Iterator[GatewayServer]:
         max_queue=2,
         max_batch_size=1,
         max_batch_delay_ms=0,
+        max_concurrent_batches=1,
         request_timeout_s=1.0,
         retry_after_s=3,
     )

@@ -84,6 +84,16 @@ def test_every_install_is_pinned(name: str) -> None:
             assert re.fullmatch(r"[a-z0-9\-]+==[0-9][0-9A-Za-z.+\-]*", line), line
 
 
+def test_the_constraints_pin_every_dependency_of_the_project() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = [*project["dependencies"], *project["optional-dependencies"]["model"]]
+    pinned = {line.split("==")[0] for line in CONSTRAINTS.read_text().splitlines()
+              if line and not line.startswith("#")}
+    for requirement in wanted:
+        name = re.split(r"[\[<>=!~; ]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+        assert name == "torch" or name in pinned, f"{name} is not in {CONSTRAINTS.name}"
+
+
 def test_the_packaged_service_carries_the_probe_photos() -> None:
     """The init step checks plans on service/data/verify: `pip install .` must ship it."""
     setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
