@@ -233,11 +233,12 @@ def build_parser() -> argparse.ArgumentParser:
     bound.add_argument("--requests", type=positive_int, metavar="N", help="send N requests")
     parser.add_argument("--batch-files", type=positive_int, default=1, metavar="K",
                         help="images per request (%(default)s)")
-    parser.add_argument("--top-k", type=positive_int, default=5, help="labels requested")
+    parser.add_argument("--top-k", type=positive_int, default=5,
+                        help="labels requested (default: %(default)s)")
     parser.add_argument("--warmup", type=int, default=None, metavar="N",
                         help="unrecorded requests first (default: concurrency)")
     parser.add_argument("--timeout", type=float, default=30.0, metavar="S",
-                        help="per-request timeout")
+                        help="per-request timeout in seconds (default: %(default)s)")
     parser.add_argument("--api-key", default=os.environ.get("CA_API_KEY"),
                         help="API key sent as a Bearer token (default: $CA_API_KEY)")
     parser.add_argument("--out", type=Path, metavar="results.json", help="write JSON results")

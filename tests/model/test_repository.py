@@ -104,7 +104,7 @@ def test_gpu_build_writes_torchscript_and_onnx_with_matching_names(tmp_path: Pat
     assert meta["source"] == "random-init" and meta["random_init"] is True
 
 
-def test_default_weights_fall_back_to_seeded_random_loudly(
+def test_default_weights_fall_back_to_the_demo_weights_loudly(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     from service.model import repository
@@ -117,8 +117,9 @@ def test_default_weights_fall_back_to_seeded_random_loudly(
     messages: list[str] = []
     first, info = load_weights("default", messages.append)
     second, _ = load_weights("default", messages.append)
-    assert info.random_init and info.source == "random-init" and "fallback" in info.notes[0]
-    assert "RANDOM weights" in messages[0]
+    assert info.random_init and info.source == "demo-calibrated"
+    assert "labels are meaningless" in info.notes[0] and "fallback" in info.notes[1]
+    assert "DEMO weights" in messages[0] and "NOT ImageNet-trained" in messages[0]
     assert all(
         torch.equal(a, b)
         for a, b in zip(first.state_dict().values(), second.state_dict().values(), strict=True)
