@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from service.gateway.settings import Settings
+    from service.model.repository import BuildReport
 
 GPU_OUTPUT = Path("model_repository")
 CPU_OUTPUT = Path("build/model_repository_cpu")
@@ -45,17 +46,28 @@ def _build_repo(args: argparse.Namespace) -> int:
     except (CheckpointError, ExportMismatch, SpecError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(f"model repository written to {report.output} (target {report.target}: "
-          f"{_TARGETS[report.target]}):")
+    print(describe_build(report))
+    return 0
+
+
+def describe_build(report: BuildReport) -> str:
+    """What `build-repo` wrote: the target, each model with its model file (or none: the
+    TensorRT plan is built on the GPU node), and where the weights came from."""
+    lines = [
+        f"model repository written to {report.output} (target {report.target}: "
+        f"{_TARGETS[report.target]}):"
+    ]
     for name, model_dir in report.models.items():
         built = sorted(p.name for p in (model_dir / "1").glob("model.*") if p.name in _FORMS)
         what = ", ".join(f"{_FORMS[b]} ({b})" for b in built) or "config only (no model file)"
-        print(f"  {name:<22} {what}")
+        lines.append(f"  {name:<22} {what}")
     weights = report.weights
-    print(f"weights: {weights.source}"
-          + (" (random init: not ImageNet-trained, labels are meaningless)"
-             if weights.random_init else ""))
-    return 0
+    lines.append(
+        f"weights: {weights.source}"
+        + (" (random init: not ImageNet-trained, labels are meaningless)"
+           if weights.random_init else "")
+    )
+    return "\n".join(lines)
 
 
 def _check_repository(settings: Settings) -> str | None:

@@ -94,6 +94,9 @@ def test_api_key_and_random_weights_are_shown_plainly(
     page.locator("#api-key").blur()
     expect(page.locator("#random-init")).to_be_visible()
     expect(page.locator("#random-init")).to_contain_text(re.compile("random", re.IGNORECASE))
+    expect(page.locator("#random-init")).to_contain_text(
+        "not ImageNet-trained: labels are meaningless"
+    )
     expect(page.locator("#weights-source")).to_have_text("random (RANDOM INIT)")
     expect(page.locator("#model-error")).to_be_hidden()
 
