@@ -59,10 +59,11 @@ repo: $(BUILT)
 run: $(BUILT)
 	CA_MODEL_REPOSITORY='$(REPO)' $(VENV)/bin/ca-serve serve $(SERVE_ARGS)
 
-# Real servers the suite starts: Prometheus (promtool too) and a headless Chromium.
+# Real servers the suite starts: Prometheus (promtool too) and a headless Chromium; curl
+# runs the README's quick start.
 system-deps:
-	@if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null || ! command -v chromium >/dev/null; then \
-		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus chromium; \
+	@if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null || ! command -v chromium >/dev/null || ! command -v curl >/dev/null; then \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus chromium curl; \
 	fi
 
 kubectl: | $(TEST_STAMP)

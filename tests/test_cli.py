@@ -118,3 +118,19 @@ def test_build_summary_names_the_target_and_what_each_model_holds(tmp_path: Path
     assert lines[4] == (
         "weights: demo-calibrated (random init: not ImageNet-trained, labels are meaningless)"
     )
+
+
+def test_bench_plot_without_matplotlib_says_so_before_running(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec",
+        lambda name, *rest: None if name == "matplotlib" else real(name, *rest),
+    )
+    with pytest.raises(SystemExit) as exited:
+        main(["bench", "--plot", "latency.png", "--requests", "1"])
+    assert exited.value.code == 2
+    assert "--plot needs matplotlib: .venv/bin/pip install -e '.[bench]'" in capsys.readouterr().err

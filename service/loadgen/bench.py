@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import io
 import ipaddress
 import itertools
@@ -308,7 +309,11 @@ async def _run(args: argparse.Namespace, target: Target) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     """Run `ca-serve bench`; returns the exit status (2 when the target cannot be loaded)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.plot is not None and importlib.util.find_spec("matplotlib") is None:
+        # Said before the run, not as a traceback after it (`make run` installs no plotting).
+        parser.error("--plot needs matplotlib: .venv/bin/pip install -e '.[bench]'")
     try:
         images = load_images(args.images)
         target = _make_target(args, images)
