@@ -89,6 +89,13 @@ def _check_repository(settings: Settings) -> str | None:
             f"{resolved} has no model {settings.model_name!r} (CA_MODEL_NAME); "
             f"it holds: {', '.join(present) or 'nothing'}"
         )
+    onnx = settings.model_dir / settings.model_version / "model.onnx"
+    if settings.backend == "embedded" and not onnx.is_file():
+        return (
+            f"{onnx.resolve()} does not exist: the repository's configs are there but its "
+            "model was never built; build it with `make repo` (or `ca-serve build-repo "
+            f"--output {repository}`), or serve with `make run`"
+        )
     return None
 
 

@@ -91,6 +91,14 @@ def test_serve_with_an_unknown_model_names_what_the_repository_holds(tmp_path: P
     assert "it holds: other_model" in done.stderr
 
 
+def test_serve_before_the_build_says_to_build(tmp_path: Path) -> None:
+    (tmp_path / "model_repository" / "ca_mobilenetv2_onnx").mkdir(parents=True)
+    done = _serve_from(tmp_path)
+    assert done.returncode == 1
+    missing = tmp_path.resolve() / "model_repository" / "ca_mobilenetv2_onnx" / "1" / "model.onnx"
+    assert f"{missing} does not exist" in done.stderr and "make repo" in done.stderr
+
+
 def _model_dir(root: Path, name: str, *files: str) -> Path:
     (root / name / "1").mkdir(parents=True)
     for file in files:
