@@ -36,6 +36,7 @@ LAYER_OF = {
     "service.gateway.metrics": "runtime",
     "service.gateway.logs": "runtime",
     "service.gateway.app": "http",
+    "service.gateway.apidocs": "http",
     "service.gateway.routes": "http",
     "service.gateway.schemas": "http",
     "service.gateway.uploads": "http",

@@ -8,9 +8,10 @@
 #       -t ca-serve-model:0.1.0 .
 #
 # WEIGHTS is what `build-repo --weights` takes: `default` (the authors' release), a URL,
-# or `random` (loudly marked as such in the repository). The export is verified against
-# eager PyTorch while the image builds, so a bad checkpoint fails the build, not a pod.
-# CA_SERVE_VERSION defaults to deploy/versions.env (a test checks it); the images' tag.
+# or `demo` / `random` (untrained, loudly marked as such in the repository). The export is
+# verified against eager PyTorch while the image builds, so a bad checkpoint fails the
+# build, not a pod. CA_SERVE_VERSION defaults to deploy/versions.env (a test checks it);
+# the images' tag.
 ARG PYTHON_VERSION=3.11
 ARG CA_SERVE_VERSION=0.1.0
 
@@ -42,12 +43,13 @@ CMD ["build-repo", "--help"]
 FROM builder AS export
 ARG WEIGHTS=default
 USER root
-# `default` falls back to random weights when the release cannot be fetched: fine on a
-# laptop, never in an image, so the build fails unless random weights were asked for.
+# `default` falls back to the demo weights (not ImageNet-trained) when the release cannot
+# be fetched: fine on a laptop, never in an image, so the build fails unless untrained
+# weights were asked for (`demo` or `random`).
 RUN ca-serve build-repo --weights "${WEIGHTS}" --target gpu \
         --output /opt/ca-serve/model_repository \
     && test -f /opt/ca-serve/model_repository/ca_mobilenetv2_onnx/1/model.onnx \
-    && WEIGHTS="${WEIGHTS}" python -c "import os, sys; from pathlib import Path; from service.spec import WeightsInfo; info = WeightsInfo.load(Path('/opt/ca-serve/model_repository/ca_mobilenetv2_onnx/1')); sys.exit(0 if os.environ['WEIGHTS'] == 'random' or (info is not None and not info.random_init) else 'random-init weights in the model image: pass WEIGHTS=<path or URL>, or WEIGHTS=random on purpose')"
+    && WEIGHTS="${WEIGHTS}" python -c "import os, sys; from pathlib import Path; from service.spec import WeightsInfo; info = WeightsInfo.load(Path('/opt/ca-serve/model_repository/ca_mobilenetv2_onnx/1')); sys.exit(0 if os.environ['WEIGHTS'] in ('demo', 'random') or (info is not None and not info.random_init) else 'untrained (random-init) weights in the model image: pass WEIGHTS=<path or URL>, or WEIGHTS=demo or random on purpose')"
 
 # The model image: only the repository and a shell to copy it, for init containers
 # (`cp -R /opt/ca-serve/model_repository/. /models/`).

@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
+from service.gateway import apidocs
 from service.gateway.backends import Backend
 from service.gateway.http_errors import install_handlers
 from service.gateway.metrics import GatewayMetrics, mark_process_dead
@@ -80,6 +81,9 @@ def create_app(
         description=DESCRIPTION,
         version="1",
         lifespan=lifespan,
+        # /docs and /redoc come from `apidocs` with self-hosted assets (FastAPI's use a CDN).
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.metrics = metrics
@@ -87,6 +91,7 @@ def create_app(
     app.state.runtime = None
     install_handlers(app)
     app.include_router(router)
+    app.include_router(apidocs.router)
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 

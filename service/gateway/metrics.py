@@ -37,7 +37,7 @@ BATCH_SIZE_BUCKETS: tuple[float, ...] = tuple(float(2**i) for i in range(11))  #
 
 #: Every route template the app serves; anything else is counted as UNMATCHED_ROUTE.
 ROUTES = ("/", "/classify", "/healthz", "/readyz", "/metrics", "/v1/model", "/docs",
-          "/docs/oauth2-redirect", "/openapi.json")
+          "/docs/oauth2-redirect", "/docs/assets/{name}", "/redoc", "/openapi.json")
 UNMATCHED_ROUTE = "unmatched"
 BACKEND_ERROR_REASONS = ("unavailable", "timeout", "bad_response", "error")
 CONTENT_TYPE = CONTENT_TYPE_LATEST

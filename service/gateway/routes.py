@@ -33,6 +33,11 @@ STATIC_DIR = Path(__file__).parent / "static"
 
 router = APIRouter()
 
+RANDOM_INIT_WARNING = (
+    "RANDOM-INIT WEIGHTS, not ImageNet-trained: labels are meaningless "
+    "(serve a trained checkpoint: make run WEIGHTS=PATH)"
+)
+
 
 async def get_runtime(request: Request) -> Runtime:
     # async: FastAPI runs a sync dependency in its thread pool (a thread hop per request).
@@ -81,12 +86,18 @@ async def classify(
     _auth: Authorized,
     runtime: RuntimeDep,
     top_k: Annotated[
-        int | None, Query(ge=1, description="Classes per image (default: CA_DEFAULT_TOP_K)")
+        int | None,
+        # Range checked below, so 0 and too large a value get the same answer; the schema
+        # still says the minimum.
+        Query(
+            description="Classes per image, 1 to the model's classes (default: CA_DEFAULT_TOP_K)",
+            json_schema_extra={"minimum": 1},
+        ),
     ] = None,
 ) -> ClassifyResponse:
     settings, model = runtime.settings, runtime.model
     k = top_k if top_k is not None else min(settings.default_top_k, model.spec.num_classes)
-    if k > model.spec.num_classes:
+    if not 1 <= k <= model.spec.num_classes:
         raise InvalidParameter(
             f"top_k must be between 1 and {model.spec.num_classes}, got {k}"
         )
@@ -200,11 +211,7 @@ async def model_description(_auth: Authorized, runtime: RuntimeDep) -> ModelDesc
             source=weights.source,
             random_init=weights.random_init,
             sha256=weights.sha256,
-            warning=(
-                "RANDOM-INIT WEIGHTS: this model was not trained; its predictions are noise"
-                if weights.random_init
-                else None
-            ),
+            warning=RANDOM_INIT_WARNING if weights.random_init else None,
         )
     return ModelDescription(
         name=spec.name,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import io
 import ipaddress
 import itertools
@@ -233,11 +234,12 @@ def build_parser() -> argparse.ArgumentParser:
     bound.add_argument("--requests", type=positive_int, metavar="N", help="send N requests")
     parser.add_argument("--batch-files", type=positive_int, default=1, metavar="K",
                         help="images per request (%(default)s)")
-    parser.add_argument("--top-k", type=positive_int, default=5, help="labels requested")
+    parser.add_argument("--top-k", type=positive_int, default=5,
+                        help="labels requested (default: %(default)s)")
     parser.add_argument("--warmup", type=int, default=None, metavar="N",
                         help="unrecorded requests first (default: concurrency)")
     parser.add_argument("--timeout", type=float, default=30.0, metavar="S",
-                        help="per-request timeout")
+                        help="per-request timeout in seconds (default: %(default)s)")
     parser.add_argument("--api-key", default=os.environ.get("CA_API_KEY"),
                         help="API key sent as a Bearer token (default: $CA_API_KEY)")
     parser.add_argument("--out", type=Path, metavar="results.json", help="write JSON results")
@@ -307,7 +309,11 @@ async def _run(args: argparse.Namespace, target: Target) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     """Run `ca-serve bench`; returns the exit status (2 when the target cannot be loaded)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.plot is not None and importlib.util.find_spec("matplotlib") is None:
+        # Said before the run, not as a traceback after it (`make run` installs no plotting).
+        parser.error("--plot needs matplotlib: .venv/bin/pip install -e '.[bench]'")
     try:
         images = load_images(args.images)
         target = _make_target(args, images)

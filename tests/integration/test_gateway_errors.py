@@ -211,6 +211,12 @@ def test_422_bad_top_k(http: httpx.Client, query: str) -> None:
     assert_still_serving(http)
 
 
+@pytest.mark.parametrize("top_k", [0, -3, 11, 5000])
+def test_top_k_out_of_range_gets_one_message_either_side(http: httpx.Client, top_k: int) -> None:
+    error = assert_error(raw(http, png(), query=f"?top_k={top_k}"), 422, "invalid_parameter")
+    assert error["message"] == f"top_k must be between 1 and 10, got {top_k}"
+
+
 def test_422_multipart_without_file_part(http: httpx.Client) -> None:
     response = http.post(
         "/classify",
