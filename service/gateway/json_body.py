@@ -66,6 +66,7 @@ def parse_json_body(body: bytes, *, max_files: int, max_bytes: int) -> JsonClass
             'the body must be a JSON object: {"instances": [{"image_bytes": {"b64": "..."}}]}'
         )
     _no_unknown_fields(document, _TOP_FIELDS, "the body")
+    top_k = _top_k(document.get("top_k"))
     instances = document.get("instances")
     if not isinstance(instances, list):
         raise InvalidParameter("'instances' must be a list of images")
@@ -84,7 +85,7 @@ def parse_json_body(body: bytes, *, max_files: int, max_bytes: int) -> JsonClass
                 f"(at instances[{number}])"
             )
         uploads.append(upload)
-    return JsonClassifyBody(uploads=uploads, top_k=_top_k(document.get("top_k")))
+    return JsonClassifyBody(uploads=uploads, top_k=top_k)
 
 
 def _instance(instance: object, number: int) -> Upload:

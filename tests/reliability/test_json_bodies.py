@@ -109,6 +109,7 @@ BASE64ISH = (
     st.just(B64_PNG)
     | st.binary(max_size=64).map(lambda b: base64.b64encode(b).decode())  # valid, not images
     | st.text(alphabet="ABCDabcd0123+/=-_ \n!é", max_size=40)  # mostly invalid base64
+    | st.sampled_from(["aGVsbG8", "aGVsbG8=é", "\u00ff" * 4, "aGVs bG8=\n", "\ud800AAA"])
     | JSON_VALUES
 )
 FILENAMES = st.none() | st.text(max_size=20) | JSON_VALUES
@@ -120,10 +121,33 @@ INSTANCE = (
                                           "filename": FILENAMES, "extra": JSON_VALUES})
     | JSON_VALUES
 )
-BODIES = st.fixed_dictionaries(
-    {"instances": st.lists(INSTANCE, max_size=18) | JSON_VALUES},
-    optional={"top_k": HUGE | JSON_VALUES},
-) | JSON_VALUES
+VALID_INSTANCE = (
+    st.just({"b64": B64_PNG})
+    | st.builds(lambda name: {"image_bytes": {"b64": B64_PNG}, "filename": name},
+                st.none() | st.text(max_size=20))
+)
+
+
+@st.composite
+def near_valid(draw: st.DrawFn) -> dict[str, Any]:
+    """Good instances with at most one bad one among them, and any `top_k`."""
+    instances = draw(st.lists(VALID_INSTANCE, min_size=1, max_size=4))
+    if draw(st.booleans()):
+        instances.insert(draw(st.integers(0, len(instances))), draw(INSTANCE))
+    body: dict[str, Any] = {"instances": instances}
+    if draw(st.booleans()):
+        body["top_k"] = draw(st.integers(1, 10) | HUGE | JSON_VALUES)
+    return body
+
+
+BODIES = (
+    near_valid()
+    | st.fixed_dictionaries(
+        {"instances": st.lists(INSTANCE, max_size=18) | JSON_VALUES},
+        optional={"top_k": HUGE | JSON_VALUES},
+    )
+    | JSON_VALUES
+)
 
 
 def _encode(document: object) -> bytes:

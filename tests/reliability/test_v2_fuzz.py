@@ -103,11 +103,17 @@ def request(draw: st.DrawFn) -> tuple[bytes, dict[str, str]]:
 
 @st.composite
 def valid_request(draw: st.DrawFn) -> tuple[bytes, dict[str, str]]:
+    """A well-formed input; the outputs, parameters and id may still be wrong."""
     entry, data = draw(valid_tensor())
     document: dict[str, Any] = {"inputs": [entry]}
     if draw(st.booleans()):
         document["outputs"] = [{"name": "PROBS", "parameters": {
-            "classification": draw(st.integers(0, 20)), "binary_data": draw(st.booleans())}}]
+            "classification": draw(st.integers(0, 20) | JSONISH),
+            "binary_data": draw(st.booleans() | JSONISH)}}]
+    if draw(st.booleans()):
+        document["parameters"] = {"binary_data_output": draw(st.booleans() | JSONISH)}
+    if draw(st.booleans()):
+        document["id"] = draw(st.text(max_size=8) | JSONISH)
     head = json.dumps(document).encode()
     return head + data, {"Inference-Header-Content-Length": str(len(head))}
 
