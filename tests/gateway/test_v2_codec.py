@@ -241,7 +241,8 @@ JSON_VALUES = st.recursive(
 REQUEST_LIKE = st.fixed_dictionaries(
     {"inputs": st.lists(st.fixed_dictionaries(
         {"name": JSON_VALUES | st.just("IMAGE"),
-         "datatype": st.sampled_from(["UINT8", "BYTES", "FP32", "BOOL", "INT64", "X"]) | JSON_VALUES,
+         "datatype": st.sampled_from(["UINT8", "BYTES", "FP32", "BOOL", "INT64", "X"])
+         | JSON_VALUES,
          "shape": st.lists(st.integers(-2, 5), max_size=4) | JSON_VALUES},
         optional={"data": JSON_VALUES, "parameters": JSON_VALUES}), max_size=3)},
     optional={"outputs": JSON_VALUES, "parameters": JSON_VALUES, "id": JSON_VALUES},
