@@ -19,7 +19,7 @@ Status codes (the contract, also in docs/gateway.md):
   decoded images together over `max_upload_bytes` (the body itself may be up to
   `base64_body_limit(max_upload_bytes)`, for base64's overhead).
 
-Synchronous CPU work, free of any web framework: callers run it off the event loop.
+Synchronous CPU work: callers run it off the event loop.
 """
 
 from __future__ import annotations
