@@ -249,7 +249,7 @@ REQUEST_LIKE = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(document=JSON_VALUES | REQUEST_LIKE, tail=st.binary(max_size=16),
        split=st.integers(-1, 400))
 def test_any_body_is_read_or_refused_as_a_bad_request(
