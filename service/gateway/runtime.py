@@ -60,7 +60,7 @@ class Upload:
 
 #: An image for `Runtime.classify`: encoded bytes to preprocess, or a preprocessed uint8
 #: array shaped `spec.input_shape` (C-contiguous or not; batches are stacked copies).
-Image = Upload | NDArray[np.uint8]
+ImageInput = Upload | NDArray[np.uint8]
 
 
 class _Item(NamedTuple):
@@ -137,7 +137,7 @@ class Runtime:
         finally:
             self.cpu_jobs -= 1
 
-    async def classify(self, uploads: Sequence[Image], k: int) -> list[Ranking]:
+    async def classify(self, uploads: Sequence[ImageInput], k: int) -> list[Ranking]:
         """Top-`k` rankings, one per image in order, within `request_timeout_s`. An
         `Upload` is decoded and preprocessed first; an array is taken as preprocessed.
 
@@ -198,12 +198,12 @@ class Runtime:
             average = self._preprocess_s
             self._preprocess_s = 0.9 * average + 0.1 * took if average else took
 
-    async def _preprocessed(self, image: Image) -> NDArray[np.uint8]:
+    async def _preprocessed(self, image: ImageInput) -> NDArray[np.uint8]:
         if isinstance(image, Upload):
             return await self.run_cpu(self._preprocess_timed, image.data)
         return image
 
-    async def _preprocess_all(self, uploads: Sequence[Image]) -> list[NDArray[np.uint8]]:
+    async def _preprocess_all(self, uploads: Sequence[ImageInput]) -> list[NDArray[np.uint8]]:
         results = await asyncio.gather(
             *(self._preprocessed(upload) for upload in uploads),
             return_exceptions=True,

@@ -12,11 +12,11 @@ import pytest
 from service.errors import BadRequest, PayloadTooLarge, TooManyFiles
 from service.gateway.runtime import Upload
 from service.gateway.v2.codec import InferRequest, RequestedOutput, Tensor
-from service.gateway.v2.contract import ServedModel, probabilities
+from service.gateway.v2.contract import V2Model, probabilities
 from service.spec import ModelSpec
 
 CLASSES = 4
-MODEL = ServedModel(
+MODEL = V2Model(
     name="m", version="1", platform="ca-serve_embedded",
     spec=ModelSpec(name="m", num_classes=CLASSES), labels=("a", "b", "c", "d"),
 )

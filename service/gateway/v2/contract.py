@@ -58,7 +58,7 @@ class Job:
 
 
 @dataclass(frozen=True)
-class ServedModel:
+class V2Model:
     """The model behind `/v2/models/{name}`: `name` and `version` are the only ones the
     routes accept; `platform` names the gateway's backend."""
 

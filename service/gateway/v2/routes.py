@@ -22,7 +22,7 @@ from service.gateway.runtime import Runtime
 from service.gateway.security import Authorized
 from service.gateway.uploads import read_body
 from service.gateway.v2 import codec
-from service.gateway.v2.contract import Job, ServedModel
+from service.gateway.v2.contract import Job, V2Model
 from service.gateway.v2.schemas import (
     INFER_REQUEST,
     INFER_RESPONSE,
@@ -52,7 +52,7 @@ def _server_version() -> str:
         return "unknown"
 
 
-def served_model(runtime: Runtime, name: str, version: str | None) -> ServedModel:
+def served_model(runtime: Runtime, name: str, version: str | None) -> V2Model:
     """The served model when `name` (and `version`, if given) are its own; else 404."""
     served = runtime.model.spec.name
     serving = runtime.backend.model_version()
@@ -61,7 +61,7 @@ def served_model(runtime: Runtime, name: str, version: str | None) -> ServedMode
     if version is not None and version != serving:
         raise NotFound(f"model {served!r} has no version {version[:40]!r}; "
                        f"it serves version {serving!r}")
-    return ServedModel(
+    return V2Model(
         name=served,
         version=serving,
         platform=f"{SERVER_NAME}_{runtime.backend.name}",
@@ -199,7 +199,7 @@ async def infer_version(
     return await _infer(request, runtime, served_model(runtime, model_name, model_version))
 
 
-async def _infer(request: Request, runtime: Runtime, model: ServedModel) -> Response:
+async def _infer(request: Request, runtime: Runtime, model: V2Model) -> Response:
     settings = runtime.settings
     # JSON carries images as base64 and pixels as decimal text: the body may exceed the
     # image bytes it holds by that much; the images themselves stay within the limit.
