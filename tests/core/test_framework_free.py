@@ -45,6 +45,7 @@ def modules_loaded_by(module: str) -> list[str]:
         "service.gateway.backends.embedded",
         "service.gateway.backends.triton",
         "service.gateway.v2.codec",
+        "service.gateway.v2.parse",
         "service.gateway.v2.contract",
     ],
 )

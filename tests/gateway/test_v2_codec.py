@@ -18,13 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
-from service.gateway.v2.codec import (
-    Tensor,
-    decode_content,
-    encode_response,
-    header_length,
-    parse_request,
-)
+from service.gateway.v2.codec import Tensor, decode_content, encode_response, header_length
+from service.gateway.v2.parse import parse_request
 
 Client = httpclient.InferenceServerClient
 

@@ -23,6 +23,7 @@ from service.gateway.security import Authorized
 from service.gateway.uploads import read_body
 from service.gateway.v2 import codec
 from service.gateway.v2.contract import Job, V2Model
+from service.gateway.v2.parse import parse_request
 from service.gateway.v2.schemas import (
     INFER_REQUEST,
     INFER_RESPONSE,
@@ -209,7 +210,7 @@ async def _infer(request: Request, runtime: Runtime, model: V2Model) -> Response
 
     def parse() -> tuple[codec.InferRequest, Job]:
         raw = codec.decode_content(body, headers.get("content-encoding"), limit=limit)
-        parsed = codec.parse_request(
+        parsed = parse_request(
             raw, codec.header_length(headers.get(codec.HEADER_LENGTH), len(raw))
         )
         job = model.prepare(
