@@ -44,6 +44,8 @@ LAYER_OF = {
     "service.gateway.middleware": "http",
     "service.gateway.http_errors": "http",
     "service.gateway.server": "http",
+    "service.gateway.json_body": "http",
+    "service.gateway.v2": "http",  # the Open Inference Protocol: codec, contract, routes
     "service.loadgen": "loadgen",
     "service.cli": "cli",
     "clients": "clients",
