@@ -70,6 +70,8 @@ def module_names(root: Path, packages: Iterable[str]) -> dict[str, Path]:
     found: dict[str, Path] = {}
     for package in packages:
         for path in sorted((root / package).rglob("*.py")):
+            if any(part.startswith(".") for part in path.relative_to(root).parts):
+                continue  # a virtualenv or cache inside the tree (benchmarks/.venv-peers)
             parts = list(path.relative_to(root).with_suffix("").parts)
             if parts[-1] == "__init__":
                 parts.pop()
