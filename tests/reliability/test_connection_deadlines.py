@@ -1,0 +1,172 @@
+"""Each phase of a connection has its deadline, on a real gateway process, on httptools
+and on h11: a head that does not arrive (new or kept-alive connection), an idle
+keep-alive, a body still dripping in after its answer, a head that is too large; and at
+the cap, a connection is admitted for the probe paths only. The same deadline holds in
+multi-worker mode, where the policy reaches the workers pickled."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.reliability.conftest import tiny_settings
+from tests.support.gateway import GatewayServer
+
+DEADLINE_S = 1.0
+MARGIN_S = 1.0
+
+
+@pytest.fixture(scope="module", params=["httptools", "h11"])
+def gateway(request: pytest.FixtureRequest, tiny_repo: Path) -> Iterator[GatewayServer]:
+    settings = tiny_settings(
+        tiny_repo, http_implementation=request.param, header_timeout_s=DEADLINE_S,
+        keep_alive_timeout_s=DEADLINE_S, body_timeout_s=4.0, max_connections=2,
+        probe_connections=1, access_log=False,
+    )
+    with GatewayServer(settings) as server:
+        yield server
+
+
+def connect(gateway: GatewayServer, first: bytes = b"") -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", gateway.port), timeout=10)
+    if first:
+        sock.sendall(first)
+    return sock
+
+
+def until_closed(sock: socket.socket, limit_s: float = 10.0) -> tuple[float, bytes]:
+    """Seconds until the server closed `sock`, and everything it sent."""
+    started, data = time.monotonic(), b""
+    sock.settimeout(limit_s)
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except ConnectionResetError:
+        pass
+    finally:
+        sock.close()
+    return time.monotonic() - started, data
+
+
+def read_response(sock: socket.socket) -> bytes:
+    """One complete response with a Content-Length body."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length")))
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head + b"\r\n\r\n" + body
+
+
+def error_code(answer: bytes) -> str:
+    return str(json.loads(answer.partition(b"\r\n\r\n")[2])["error"]["code"])
+
+
+def assert_at_deadline(elapsed: float, deadline_s: float = DEADLINE_S) -> None:
+    assert deadline_s - 0.1 <= elapsed <= deadline_s + MARGIN_S, elapsed
+
+
+GET_HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: gateway\r\n\r\n"
+
+
+def test_a_connection_that_sends_nothing_is_closed_silently(gateway: GatewayServer) -> None:
+    elapsed, answer = until_closed(connect(gateway))
+    assert_at_deadline(elapsed)
+    assert answer == b""
+
+
+def test_a_stalled_head_gets_408(gateway: GatewayServer) -> None:
+    sock = connect(gateway, b"POST /classify HTTP/1.1\r\nHost: gateway\r\n")
+    elapsed, answer = until_closed(sock)
+    assert_at_deadline(elapsed)
+    assert answer.startswith(b"HTTP/1.1 408 ") and error_code(answer) == "header_timeout"
+
+
+def test_a_stalled_head_on_a_kept_alive_connection_gets_408(gateway: GatewayServer) -> None:
+    sock = connect(gateway, GET_HEALTHZ)
+    assert read_response(sock).startswith(b"HTTP/1.1 200 ")
+    time.sleep(DEADLINE_S / 2)  # idle, within the keep-alive deadline
+    sock.sendall(b"GET /heal")  # cancels uvicorn's keep-alive timer
+    elapsed, answer = until_closed(sock)
+    assert_at_deadline(elapsed)
+    assert answer.startswith(b"HTTP/1.1 408 ")
+
+
+def test_an_idle_keep_alive_is_closed(gateway: GatewayServer) -> None:
+    sock = connect(gateway, GET_HEALTHZ)
+    assert read_response(sock).startswith(b"HTTP/1.1 200 ")
+    elapsed, answer = until_closed(sock)
+    assert_at_deadline(elapsed)
+    assert answer == b""
+
+
+def test_a_body_dripping_in_after_its_answer_is_cut_off(gateway: GatewayServer) -> None:
+    # The route answers without reading the announced body; each byte of it that
+    # follows must not keep the connection open (it cancels uvicorn's keep-alive timer).
+    sock = connect(gateway, b"GET /healthz HTTP/1.1\r\nHost: gateway\r\nContent-Length: 1000\r\n\r\n")
+    assert read_response(sock).startswith(b"HTTP/1.1 200 ")
+    answered = time.monotonic()
+    sock.settimeout(0.2)
+    closed_at = None
+    while time.monotonic() - answered < DEADLINE_S + MARGIN_S + 1.0:
+        try:
+            sock.sendall(b"x")
+            if sock.recv(1) == b"":
+                closed_at = time.monotonic()
+                break
+        except TimeoutError:
+            continue
+        except (ConnectionResetError, BrokenPipeError):
+            closed_at = time.monotonic()
+            break
+    sock.close()
+    assert closed_at is not None, "the dripping connection was never closed"
+    assert_at_deadline(closed_at - answered)
+
+
+def test_a_head_too_large_is_refused_at_once(gateway: GatewayServer) -> None:
+    sock = connect(gateway, b"GET /healthz HTTP/1.1\r\nX-Big: " + b"a" * 64 * 1024)
+    elapsed, answer = until_closed(sock)
+    assert elapsed < DEADLINE_S
+    assert answer.startswith((b"HTTP/1.1 431 ", b"HTTP/1.1 400 "))  # 400 from h11
+
+
+def test_at_the_cap_a_newcomer_may_only_probe(gateway: GatewayServer) -> None:
+    # Two uploads in progress (busy: never evicted) fill the cap of 2.
+    uploads = [
+        connect(gateway, b"POST /classify HTTP/1.1\r\nHost: gateway\r\n"
+                         b"Content-Type: image/png\r\nContent-Length: 100000\r\n\r\nx")
+        for _ in range(2)
+    ]
+    time.sleep(0.2)
+    try:
+        refused = connect(gateway, b"GET /v1/model HTTP/1.1\r\nHost: gateway\r\n\r\n")
+        _, answer = until_closed(refused)
+        assert answer.startswith(b"HTTP/1.1 503 ") and b"retry-after: 1" in answer.lower()
+        assert error_code(answer) == "too_many_connections"
+        probe = connect(gateway, GET_HEALTHZ)
+        assert read_response(probe).startswith(b"HTTP/1.1 200 ")
+        probe.close()
+    finally:
+        for sock in uploads:
+            sock.close()
+
+
+def test_multi_worker_gateways_keep_the_header_deadline(tiny_repo: Path) -> None:
+    settings = tiny_settings(tiny_repo, workers=2, header_timeout_s=DEADLINE_S,
+                             access_log=False)
+    with GatewayServer(settings) as gateway:
+        for _ in range(4):  # connections spread over both workers
+            sock = connect(gateway, b"GET /healthz HTTP/1.1\r\nHost: gateway\r\n")
+            elapsed, answer = until_closed(sock)
+            assert_at_deadline(elapsed)
+            assert answer.startswith(b"HTTP/1.1 408 ")
+        assert "connection cap" in gateway.log_text()
