@@ -31,7 +31,7 @@ def test_admits_up_to_the_cap_then_evicts_the_longest_waiting() -> None:
     table = ConnectionTable(cap=3, probe_slots=1)
     a, b, c = (admit(table, n)[0] for n in "abc")
     table.waiting(a)  # a started waiting again (say, a keep-alive after an answer): newest
-    d, admission = admit(table, "d")
+    _, admission = admit(table, "d")
     assert admission is Admission.SERVE and b.evicted and not (a.evicted or c.evicted)
     assert len(table) == 3 and table.events["evicted"] == 1
 

@@ -111,7 +111,9 @@ def test_an_idle_keep_alive_is_closed(gateway: GatewayServer) -> None:
 def test_a_body_dripping_in_after_its_answer_is_cut_off(gateway: GatewayServer) -> None:
     # The route answers without reading the announced body; each byte of it that
     # follows must not keep the connection open (it cancels uvicorn's keep-alive timer).
-    sock = connect(gateway, b"GET /healthz HTTP/1.1\r\nHost: gateway\r\nContent-Length: 1000\r\n\r\n")
+    sock = connect(
+        gateway, b"GET /healthz HTTP/1.1\r\nHost: gateway\r\nContent-Length: 1000\r\n\r\n"
+    )
     assert read_response(sock).startswith(b"HTTP/1.1 200 ")
     answered = time.monotonic()
     sock.settimeout(0.2)
