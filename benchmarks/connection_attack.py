@@ -148,9 +148,13 @@ def percentile(values: list[float], q: float) -> float:
 
 # -- the benchmark ---------------------------------------------------------------------
 def start_gateway(
-    repository: Path, port: int, env: dict[str, str], fd_limit: int | None, log: Path
+    repository: Path, port: int, env: dict[str, str], fd_limit: int | None, log: Path,
+    root: Path | None = None,
 ) -> subprocess.Popen[bytes]:
+    """`python -m service.gateway.server` from `root` (default: this checkout)."""
     child_env = {k: v for k, v in os.environ.items() if not k.startswith("CA_")}
+    if root is not None:
+        child_env["PYTHONPATH"] = str(root)
     child_env.update({
         "CA_MODEL_REPOSITORY": str(repository), "CA_PORT": str(port), "CA_ACCESS_LOG": "false",
     })
@@ -163,7 +167,7 @@ def start_gateway(
     with log.open("wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "service.gateway.server"], env=child_env, stdout=out,
-            stderr=subprocess.STDOUT, preexec_fn=limit,
+            stderr=subprocess.STDOUT, preexec_fn=limit, cwd=root,
         )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -186,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8078)
     parser.add_argument("--fd-limit", type=int, default=None)
     parser.add_argument("--env", action="append", default=[], help="CA_X=value for the gateway")
+    parser.add_argument("--gateway-root", type=Path, default=None,
+                        help="run the gateway from another checkout (to compare)")
     parser.add_argument("--slow-headers", type=int, default=0, help="0: 3x the cap")
     parser.add_argument("--slow-bodies", type=int, default=200)
     parser.add_argument("--idle", type=int, default=200)
@@ -198,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.model_name:
         env["CA_MODEL_NAME"] = args.model_name
     log = Path(tempfile.mkstemp(prefix="ca-attack-gateway-", suffix=".log")[1])
-    process = start_gateway(args.repository, args.port, env, args.fd_limit, log)
+    process = start_gateway(args.repository, args.port, env, args.fd_limit, log,
+                            args.gateway_root)
     url = f"http://127.0.0.1:{args.port}"
     try:
         return _measure(args, process.pid, url, log)
@@ -211,7 +218,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _measure(args: argparse.Namespace, pid: int, url: str, log: Path) -> int:
-    cap = int(re.search(r"connection cap (\d+)", log.read_text()).group(1))  # type: ignore[union-attr]
+    found = re.search(r"connection cap (\d+)", log.read_text())
+    cap = int(found.group(1)) if found else 0
+    if not (args.slow_headers or cap):
+        raise SystemExit("the gateway logs no connection cap: give --slow-headers")
     slow_headers = args.slow_headers or 3 * cap
     total = slow_headers + args.slow_bodies + args.idle
     own_limit = raise_own_fd_limit() - 200

@@ -163,8 +163,8 @@ def attack(plan: AttackPlan) -> list[Lifetime]:
                 elif len(conn.life.answer) < 256:
                     conn.life.answer += data[: 256 - len(conn.life.answer)]
         now = time.monotonic()
-        for conn in list(conns.values()):
-            if conn.life.kind == SLOW_BODY and conn.connected and now >= conn.next_drip:
+        for conn in [c for c in conns.values() if c.life.kind == SLOW_BODY]:
+            if conn.connected and now >= conn.next_drip:
                 conn.next_drip = now + plan.drip_s
                 try:
                     conn.sock.send(b"\x89")

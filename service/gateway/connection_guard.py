@@ -3,8 +3,10 @@ that arms a timer per phase, and the minimal answers written when it closes one.
 
 The protocols in `connections.py` report their phase after every event; the guard keeps
 the deadline of that phase running (it restarts only when the phase changes) and keeps
-the connection's place in the `ConnectionTable` (waiting members can be evicted for
-newcomers, busy ones cannot).
+the connection's place in the `ConnectionTable` (members waiting on their client can be
+evicted for newcomers, busy ones cannot). A connection keeps its place, and so counts
+against the cap, until its descriptor is gone: a close that waits to flush to a client
+that does not read is bounded by the send deadline, then aborted.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class ConnectionPolicy:
 
     header_timeout_s: float = 5.0
     keep_alive_timeout_s: float = 5.0
+    send_timeout_s: float = 10.0
     max_header_bytes: int = 32 * 1024
     cap: int = 1024
     probe_slots: int = 16
@@ -35,10 +38,15 @@ class ConnectionPolicy:
 
 
 class Phase(Enum):
-    HEAD = "head"
-    BUSY = "busy"
-    LINGER = "linger"
-    IDLE = "idle"
+    """Where a connection is; all but BUSY wait on the client (and can be evicted).
+    SEND overrides the others: the client is not taking what the gateway sends."""
+
+    HEAD = "head"  # waiting for a request head
+    BODY = "body"  # a request is being handled and its body is still arriving
+    BUSY = "busy"  # a request is being handled, its body (if any) all here
+    LINGER = "linger"  # answered, the request body still arriving
+    IDLE = "idle"  # between requests
+    SEND = "send"  # writing paused on a full buffer, or a close waiting to flush
 
 
 def error_response(
@@ -77,6 +85,7 @@ class ConnectionGuard:
         self.phase: Phase | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.closed = False
+        self.write_paused = False  # set by the protocol's pause_writing/resume_writing
 
     def open(self, transport: asyncio.Transport) -> Admission:
         """Admit the new connection; a refused one is answered 503 and closed."""
@@ -91,12 +100,19 @@ class ConnectionGuard:
         return admission
 
     def enter(self, phase: Phase) -> None:
-        """The connection is now in `phase`; a deadline runs from the change of phase."""
-        if self.closed or self.transport is None:
+        """The connection is now in `phase` as its protocol sees it; a deadline runs from
+        the change of phase. A transport closing with data still to flush, or with
+        writing paused (`write_paused`), is in SEND whatever the protocol says."""
+        transport = self.transport
+        if self.closed or transport is None:
             return
-        if self.transport.is_closing():
-            self.lost()
-            return
+        if transport.is_closing():
+            if not transport.get_write_buffer_size():
+                self.lost()  # closed for good: its descriptor goes now
+                return
+            phase = Phase.SEND
+        elif self.write_paused:
+            phase = Phase.SEND
         if phase is self.phase:
             return
         self.phase = phase
@@ -105,8 +121,13 @@ class ConnectionGuard:
             self.table.busy(self)
             return
         self.table.waiting(self)
+        if phase is Phase.BODY:
+            return  # the app's body deadline (CA_BODY_TIMEOUT_S) answers 408
         policy = self.policy
-        seconds = policy.header_timeout_s if phase is Phase.HEAD else policy.keep_alive_timeout_s
+        seconds = {
+            Phase.HEAD: policy.header_timeout_s,
+            Phase.SEND: policy.send_timeout_s,
+        }.get(phase, policy.keep_alive_timeout_s)
         self.timer = self.loop.call_later(seconds, self._expired)
 
     def head_too_large(self) -> None:
@@ -118,7 +139,7 @@ class ConnectionGuard:
 
     def evict(self) -> None:
         """Closed to make room for a newcomer (the table counts it)."""
-        self._close(b"")
+        self._close()
 
     def lost(self) -> None:
         """The transport is gone or going: free the slot and the timer."""
@@ -134,23 +155,23 @@ class ConnectionGuard:
                 408, "Request Timeout", "header_timeout",
                 f"the request head did not arrive within {self.policy.header_timeout_s:g} s",
             ))
-        else:
-            if self.phase is Phase.LINGER:
-                self.table.count("linger_timeout")
-            self._close(b"")
+            return
+        if self.phase in (Phase.LINGER, Phase.SEND):
+            self.table.count(f"{self.phase.value}_timeout")
+        self._close()
 
-    def _close(self, answer: bytes) -> None:
+    def _close(self, answer: bytes = b"") -> None:
         transport = self.transport
         self.lost()
-        if transport is None or transport.is_closing():
+        if transport is None:
             return
-        if answer:
+        if answer and not transport.is_closing():
             transport.write(answer)
         # A client that does not read would keep close() waiting for the buffer to drain,
         # and the descriptor with it: drop what it did not take.
         if transport.get_write_buffer_size():
             transport.abort()
-        else:
+        elif not transport.is_closing():
             transport.close()
 
     def _cancel_timer(self) -> None:

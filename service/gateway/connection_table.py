@@ -2,13 +2,15 @@
 
 Admission happens when a connection is accepted, before it has sent a byte, so it cannot
 depend on what the connection will ask for. At the cap a new connection takes the slot
-of the member that has been waiting on its client longest (no request in progress: a
-request head still arriving, an idle keep-alive, a body still dripping in after its
-answer). A slow-header attacker's connections are always such members, and a
-legitimate client's fresh connection delivers its head within milliseconds, so under
-an attack the attacker's oldest connection goes first. Only when every member has a
-request in progress is the newcomer admitted to the probe slots (served for the probe
-paths only, 503 for anything else), and only when those are all busy too is it refused.
+of the member that has been waiting on its client longest: a request head or body still
+arriving (before or after its answer), an idle keep-alive, an answer the client does
+not read. A slow-header or slow-body attacker's connections are always such members,
+and a legitimate client's fresh connection delivers its head within milliseconds, so
+under an attack the attacker's oldest connection goes first (a legitimate upload that
+has waited on its client longer than the newest attacking connections goes too). Only
+when every member is busy with a request is the newcomer admitted to the probe slots
+(served for the probe paths only, 503 for anything else), and only when those are all
+busy too is it refused.
 
 Pure bookkeeping: no sockets, no event loop; members are closed through `evict()`.
 """
@@ -41,7 +43,7 @@ class Member(Protocol):
 
 class ConnectionTable:
     """Members in two pools: `cap` serving slots and `probe_slots` probe-only ones. Each
-    pool keeps its waiting members (no request in progress) in the order they started
+    pool keeps its waiting members (waiting on their client) in the order they started
     waiting, so the longest-waiting one is found in O(1)."""
 
     def __init__(self, cap: int, probe_slots: int) -> None:
@@ -83,7 +85,7 @@ class ConnectionTable:
         queue[member] = None
 
     def busy(self, member: Member) -> None:
-        """`member` has a request in progress and is not evicted for newcomers."""
+        """`member` is working on a request (not waiting on its client): never evicted."""
         probes_only = self._pool.get(member)
         if probes_only is not None:
             self._waiting[probes_only].pop(member, None)

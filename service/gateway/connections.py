@@ -11,9 +11,13 @@ httptools and h11 alike, a deadline per phase of a connection:
 
 - HEAD, waiting for a request head (from connecting, or from the first byte of a next
   request): closed after `header_timeout_s`, with a 408 if part of a head came;
-- BUSY, handling a request: the app's own deadlines (body, request) apply;
+- BODY, handling a request whose body is still arriving: the app's body deadline
+  (`CA_BODY_TIMEOUT_S`, 408) applies;
+- BUSY, handling a request whose body is all here: the app's request deadline applies;
 - LINGER, answered while the request body is still arriving, and IDLE, between
   requests: closed after `keep_alive_timeout_s` (body bytes do not restart it);
+- SEND, the client does not take what is sent (writing paused, or a close waiting to
+  flush): aborted after `send_timeout_s` (uvicorn's close() would wait forever);
 
 and admission when a connection is accepted, through a `ConnectionTable` (a cap, probe
 slots, eviction of the connection waiting longest). A head larger than
@@ -86,13 +90,27 @@ class GuardedH11Protocol(H11Protocol):
         super().on_response_complete()
         self.guard.enter(self._phase())
 
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self.guard.write_paused = True
+        self.guard.enter(self._phase())
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self.guard.write_paused = False
+        self.guard.enter(self._phase())
+
+    def timeout_keep_alive_handler(self) -> None:
+        super().timeout_keep_alive_handler()
+        self.guard.enter(self._phase())  # a close still flushing gets the send deadline
+
     def _head_has_bytes(self) -> bool:
         return self.conn.their_state is h11.IDLE and bool(self.conn.trailing_data[0])
 
     def _phase(self) -> Phase:
-        if self.cycle is not None and not self.cycle.response_complete:
-            return Phase.BUSY
         state = self.conn.their_state
+        if self.cycle is not None and not self.cycle.response_complete:
+            return Phase.BODY if state is h11.SEND_BODY else Phase.BUSY
         if state is h11.SEND_BODY:
             return Phase.LINGER
         if state is h11.IDLE and (self.cycle is None or self._head_has_bytes()):
@@ -137,6 +155,20 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 return
         self.guard.enter(self._phase())
 
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self.guard.write_paused = True
+        self.guard.enter(self._phase())
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self.guard.write_paused = False
+        self.guard.enter(self._phase())
+
+    def timeout_keep_alive_handler(self) -> None:
+        super().timeout_keep_alive_handler()
+        self.guard.enter(self._phase())  # a close still flushing gets the send deadline
+
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self.head_started, self.head_bytes, self.message_complete = True, 0, False
@@ -157,7 +189,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self.cycle is None:
             return Phase.HEAD
         if not self.cycle.response_complete:
-            return Phase.BUSY
+            return Phase.BUSY if self.message_complete else Phase.BODY
         if self.head_started:
             return Phase.HEAD
         if not self.message_complete:

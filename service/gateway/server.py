@@ -59,6 +59,7 @@ def uvicorn_config(settings: Settings, plan: ConnectionPlan | None = None) -> uv
     policy = ConnectionPolicy(
         header_timeout_s=settings.header_timeout_s,
         keep_alive_timeout_s=settings.keep_alive_timeout_s,
+        send_timeout_s=settings.send_timeout_s,
         max_header_bytes=settings.max_header_bytes,
         cap=plan.cap,
         probe_slots=settings.probe_connections,

@@ -100,6 +100,11 @@ class Settings(BaseSettings):
         default=5.0, gt=0.0,
         description="How long a connection may sit idle between requests; then it is closed",
     )
+    send_timeout_s: float = Field(
+        default=10.0, gt=0.0,
+        description="How long a client may leave unread what the gateway sends (a full "
+        "buffer, or a close waiting to flush); then the connection is dropped",
+    )
     max_connections: int = Field(
         default=0, ge=0,
         description="Open connections per process; 0 derives it from the file-descriptor "
