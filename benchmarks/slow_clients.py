@@ -46,13 +46,14 @@ class AttackPlan:
 
 @dataclass
 class Lifetime:
-    """One attacking connection: when it was opened and when the gateway closed it (None:
-    still open when the attacker gave up), and the first bytes of any answer."""
+    """One attacking connection: when it was established and when the gateway closed it
+    (None: still open when the attacker gave up), and the first bytes of any answer."""
 
     kind: str
     opened: float
     closed: float | None = None
     answer: bytes = b""
+    established: bool = False  # False: the handshake never completed (SYN dropped)
 
     @property
     def status(self) -> int | None:
@@ -146,7 +147,10 @@ def attack(plan: AttackPlan) -> list[Lifetime]:
                 if conn.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
                     close(conn, now, by_server=True)
                     continue
-                conn.connected = True
+                conn.connected = conn.life.established = True
+                # Lifetimes count from the handshake: a SYN the kernel dropped while the
+                # listen queue was full is retried after 1, 3, 7 s, before any deadline.
+                conn.life.opened = now
                 try:
                     conn.sock.send(_payload(conn.life.kind, plan.port))
                 except OSError:
