@@ -291,11 +291,16 @@ def _report(
         of_kind = [life for life in lives if life.kind == kind]
         if not of_kind:
             continue
-        spans = [life.closed - life.opened for life in of_kind if life.closed is not None]
+        established = [life for life in of_kind if life.established]
+        spans = [life.closed - life.opened for life in established if life.closed is not None]
+        last = max((life.closed for life in established if life.closed is not None),
+                   default=attack_end)
         statuses = sorted({str(life.status) for life in of_kind})
-        print(f"{kind}: {len(of_kind)} opened, {len(of_kind) - len(spans)} never closed by the "
-              f"gateway; lived p50 {percentile(spans, 0.5):.2f} s, max "
-              f"{max(spans, default=float('nan')):.2f} s; answers {statuses}")
+        print(f"{kind}: {len(of_kind)} opened, {len(established)} established, "
+              f"{len(established) - len(spans)} never closed by the gateway; lived p50 "
+              f"{percentile(spans, 0.5):.2f} s, p99 {percentile(spans, 0.99):.2f} s, max "
+              f"{max(spans, default=float('nan')):.2f} s; the last closed "
+              f"{last - attack_end:+.2f} s after the attack; answers {statuses}")
     if recovered_at is None:
         print("recovery: descriptors not back within 5 of the baseline in 120 s")
     else:
