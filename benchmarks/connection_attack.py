@@ -98,6 +98,12 @@ def legitimate_load(url: str, stop: threading.Event, kind: str, pause_s: float) 
     return outcomes
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of `pid` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
@@ -253,7 +259,10 @@ def _measure(args: argparse.Namespace, pid: int, url: str, log: Path) -> int:
     legit = [Background(lambda k=k, p=p: legitimate_load(url, stop, k, p))  # type: ignore[misc]
              for k, p in (("classify", 0.0), ("healthz", 0.2))]
     attacker = Background(lambda: attack_in_processes(plan, processes))
+    time.sleep(max(0.0, attack_start - time.monotonic()))
+    cpu_start = cpu_seconds(pid)
     time.sleep(max(0.0, attack_end - time.monotonic()))
+    cpu_used = cpu_seconds(pid) - cpu_start
     stop.set()
     outcomes = [o for task in legit for o in task.result()]
     outcomes = [o for o in outcomes if attack_start <= o.at <= attack_end]
@@ -269,6 +278,10 @@ def _measure(args: argparse.Namespace, pid: int, url: str, log: Path) -> int:
     sampler.join()
     _report(samples, outcomes, lives, base_fds, base_rss, attack_start, attack_end, recovered_at,
             pid)
+    opened = sum(1 for life in lives if life.established and life.opened <= attack_end)
+    print(f"gateway CPU during the attack: {cpu_used:.1f} s for {opened} attacking connections "
+          f"and {len(outcomes)} legitimate requests ({1e6 * cpu_used / max(1, opened):.0f} "
+          "µs per attacking connection, legitimate work included)")
     return 0
 
 
