@@ -44,6 +44,7 @@ from typing import Generic, TypeVar
 
 import httpx
 
+from benchmarks import assets
 from benchmarks.slow_clients import (
     KINDS,
     AttackPlan,
@@ -102,6 +103,15 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU time of `pid` so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def listen_overflows() -> int:
+    """SYNs or handshakes the kernel dropped at a full accept queue, machine-wide."""
+    lines = Path("/proc/net/netstat").read_text().splitlines()
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:"):
+            return int(dict(zip(names.split(), values.split(), strict=True))["ListenOverflows"])
+    return 0
 
 
 def open_fds(pid: int) -> int:
@@ -260,9 +270,11 @@ def _measure(args: argparse.Namespace, pid: int, url: str, log: Path) -> int:
              for k, p in (("classify", 0.0), ("healthz", 0.2))]
     attacker = Background(lambda: attack_in_processes(plan, processes))
     time.sleep(max(0.0, attack_start - time.monotonic()))
-    cpu_start = cpu_seconds(pid)
+    cpu_start, overflows_start = cpu_seconds(pid), listen_overflows()
     time.sleep(max(0.0, attack_end - time.monotonic()))
     cpu_used = cpu_seconds(pid) - cpu_start
+    overflows = listen_overflows() - overflows_start
+    load = assets.load_average()
     stop.set()
     outcomes = [o for task in legit for o in task.result()]
     outcomes = [o for o in outcomes if attack_start <= o.at <= attack_end]
@@ -282,6 +294,8 @@ def _measure(args: argparse.Namespace, pid: int, url: str, log: Path) -> int:
     print(f"gateway CPU during the attack: {cpu_used:.1f} s for {opened} attacking connections "
           f"and {len(outcomes)} legitimate requests ({1e6 * cpu_used / max(1, opened):.0f} "
           "µs per attacking connection, legitimate work included)")
+    print(f"machine: {assets.machine()}; load average at the attack's end {load}; "
+          f"{overflows} connections dropped at a full accept queue during it (machine-wide)")
     return 0
 
 
