@@ -3,7 +3,8 @@ keep-alive connections, with legitimate traffic alongside. Prints what the gatew
 and what legitimate clients saw.
 
     python -m benchmarks.connection_attack --repository <built repository>
-    python -m benchmarks.connection_attack --repository <repo> --fd-limit 4096 --slow-headers 12000
+    python -m benchmarks.connection_attack --repository <repo> --seconds 20 --open-rate 500 \
+        --env CA_MAX_CONNECTIONS=1000 --rounds 2
 
 The gateway is started here (the embedded backend on `--repository`, default settings
 unless `--env CA_X=...`), with its soft and hard descriptor limit set to `--fd-limit`
@@ -13,8 +14,10 @@ start-up log), `--slow-bodies` that send a complete head announcing 1 MB and the
 byte every `--drip-s`, and `--idle` that make one request and then sit; each one the
 gateway closes is replaced, at most `--open-rate` new connections per second in all,
 for `--seconds`. Then the attacker stops replacing and leaves what is open to the
-gateway's deadlines. Attack traffic is spread over several processes and source
-addresses (127.0.0.2, .3, ...) when it needs more descriptors or ports than one has.
+gateway's deadlines. `--rounds N` repeats the attack on the same gateway once it has
+recovered (memory kept after the first attack should not grow with the next). Attack
+traffic is spread over several processes and source addresses (127.0.0.2, .3, ...) when
+it needs more descriptors or ports than one has.
 
 Printed: connections the gateway held (its open descriptors minus its baseline, peak
 and median during the attack), the legitimate requests' success rate and p50/p99 (one
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import io
 import os
 import re
@@ -214,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--open-rate", type=float, default=3000.0)
     parser.add_argument("--drip-s", type=float, default=1.0)
+    parser.add_argument("--rounds", type=int, default=1, help="attacks one after the other")
     args = parser.parse_args(argv)
 
     env = dict(item.split("=", 1) for item in args.env)
@@ -255,13 +260,24 @@ def _measure(args: argparse.Namespace, pid: int, url: str, log: Path) -> int:
     print(f"baseline: {base_fds} descriptors, RSS {base_rss:.1f} MiB; attack: {slow_headers} "
           f"slow headers, {args.slow_bodies} slow bodies, {args.idle} idle, {args.seconds:g} s, "
           f"<= {args.open_rate:g} new connections/s, {processes} attacker process(es)")
+    for round_number in range(1, args.rounds + 1):
+        if args.rounds > 1:
+            print(f"-- attack {round_number} of {args.rounds}")
+        plan = AttackPlan(
+            port=args.port, slow_headers=slow_headers, slow_bodies=args.slow_bodies,
+            idle=args.idle, seconds=args.seconds, open_rate_per_s=args.open_rate,
+            drip_s=args.drip_s, hold_s=90.0,
+        )
+        _attack_round(plan, processes, pid, url, base_fds, base_rss)
+    return 0
+
+
+def _attack_round(
+    plan: AttackPlan, processes: int, pid: int, url: str, base_fds: int, base_rss: float
+) -> None:
     attack_start = time.monotonic() + 5.0  # attacker processes are importing meanwhile
-    attack_end = attack_start + args.seconds
-    plan = AttackPlan(
-        port=args.port, slow_headers=slow_headers, slow_bodies=args.slow_bodies, idle=args.idle,
-        seconds=args.seconds, open_rate_per_s=args.open_rate, drip_s=args.drip_s, hold_s=90.0,
-        start_at=attack_start,
-    )
+    attack_end = attack_start + plan.seconds
+    plan = dataclasses.replace(plan, start_at=attack_start)
     stop, stop_samples = threading.Event(), threading.Event()
     samples = Samples(pid)
     sampler = threading.Thread(target=samples.run, args=(stop_samples,), daemon=True)
@@ -296,7 +312,6 @@ def _measure(args: argparse.Namespace, pid: int, url: str, log: Path) -> int:
           "µs per attacking connection, legitimate work included)")
     print(f"machine: {assets.machine()}; load average at the attack's end {load}; "
           f"{overflows} connections dropped at a full accept queue during it (machine-wide)")
-    return 0
 
 
 def _report(
