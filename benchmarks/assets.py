@@ -50,8 +50,8 @@ class Assets(ModelFiles):
 
 def ensure_model(work: Path = WORK) -> ModelFiles:
     """The checkpoint (~5 s) and the repository (~1-2 min), built when missing or when
-    the model code or the checkpoint changed. Needs no photos, so it runs where ../shared
-    is absent (the GPU machine)."""
+    the model code or the checkpoint changed. Needs no photos, so it also runs on a GPU
+    machine that has only the model code."""
     work.mkdir(parents=True, exist_ok=True)
     weights = work / "weights.pt"
     if not weights.is_file():

@@ -3,7 +3,7 @@
 1. ONNX Runtime (the gateway's session options) images/s at batch 1..32, with 1 and
    with `cores` intra-op threads; core-ms per image = batch wall time x threads / batch.
 2. Preprocessing one photo on one thread, for the web-size and the phone-size set: the
-   gateway's `service.gateway.preprocess`; a plain Pillow decode + EXIF transpose + RGB +
+   gateway's `service.preprocess`; a plain Pillow decode + EXIF transpose + RGB +
    resize + crop (what the peers and tutorials do); and that plain pipeline with JPEG
    `draft` at the scale the gateway decodes at (the reference for phone photos: the same
    decoded pixels, so what the gateway does beyond that is its own gain).
@@ -39,7 +39,7 @@ from PIL import Image, ImageOps
 from benchmarks import assets as assets_mod
 from benchmarks import photos
 from service.gateway.backends.embedded import open_session
-from service.gateway.preprocess import DRAFT_MARGIN, preprocess
+from service.preprocess import DRAFT_MARGIN, preprocess
 from service.spec import ModelSpec
 
 BATCHES = (1, 2, 4, 8, 16, 32)

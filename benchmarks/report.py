@@ -36,8 +36,8 @@ def latency_ms(summary: Mapping[str, Any] | None, key: str) -> float:
 
 
 # The ceilings the goals use: plain Pillow, with JPEG draft at the gateway's scale for
-# 12 MP phone photos (the issue: "the ceiling assumes plain Pillow decoding, and faster
-# decoding is fair game").
+# 12 MP phone photos (the ceiling assumes plain Pillow decoding; a server that decodes
+# faster is allowed to beat it).
 WEB_CEILING, PHONE_CEILING = "web_plain_pillow", "phone_plain_pillow_draft"
 
 
@@ -205,7 +205,7 @@ def markdown(result: dict[str, Any], plot_name: str) -> str:
             lines.append(f"| preprocess {photos}, {path.replace('_', ' ')} | {ms} ms/photo |")
     lines.append(f"| best ORT cost | {best['core_ms_per_image']} core-ms/image "
                  f"(batch {best['batch']}, {best['threads']} thread(s)) |")
-    if "streams" in ceil:  # runs before 2026-11-25 16:00 did not measure it
+    if "streams" in ceil:  # older result files do not have it
         streams = ceil["streams"]
         lines.append(f"| ORT, {streams['streams']} concurrent 1-thread streams, batch "
                      f"{streams['batch']} (as the gateway runs under load; not the goals' "
@@ -221,7 +221,7 @@ def markdown(result: dict[str, Any], plot_name: str) -> str:
                          f"{key.split('_')[0]} (plain Pillow, draft) | "
                          f"{derived[key]['images_per_s']} images/s |")
     for gw in (s for s in ("gateway", "gateway_tuned") if s in services):
-        lines += ["", f"## Goals (issue 7), {titles(result)[gw]}", "",
+        lines += ["", f"## Goals, {titles(result)[gw]}", "",
                   "| goal | measured (main points) | met | paired rounds: median (range) "
                   "| met |", "| --- | --- | --- | --- | --- |"]
         for row in goals(result, gw):

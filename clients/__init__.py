@@ -1,4 +1,4 @@
-"""Clients for ca-serve: the Python API, `ca-serve classify` and `ca-serve bench`."""
+"""Clients for ca-serve: the Python API and `ca-serve classify`."""
 
 from clients.client import DEFAULT_URL, AsyncCAServeClient, CAServeClient
 from clients.errors import APIError, CAServeError, RequestTimedOut, ServerUnreachable

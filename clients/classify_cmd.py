@@ -182,14 +182,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="image files, directories or glob patterns; - reads stdin")
     parser.add_argument("--url", default=os.environ.get("CA_SERVE_URL", DEFAULT_URL),
                         help="gateway base URL (default: $CA_SERVE_URL or %(default)s)")
-    parser.add_argument("--top-k", type=positive_int, default=5, help="labels per image")
+    parser.add_argument("--top-k", type=positive_int, default=5,
+                        help="labels per image (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--api-key", default=os.environ.get("CA_API_KEY"),
                         help="API key sent as a Bearer token (default: $CA_API_KEY)")
     parser.add_argument("--timeout", type=float, default=30.0, metavar="S",
-                        help="seconds to wait for each answer")
+                        help="seconds to wait for each answer (default: %(default)s)")
     parser.add_argument("--batch", type=positive_int, default=8, metavar="N",
-                        help="images per request")
+                        help="images per request (default: %(default)s)")
     return parser
 
 

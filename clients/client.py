@@ -6,8 +6,8 @@
         results = client.classify(["a.jpg", b"..."])   # a list     -> list[Classification]
 
 One image goes as the raw request body, several as `multipart/form-data` `file` parts
-(DESIGN.md, HTTP API). Errors raise `clients.errors` types; 503 and connection failures
-are retried per `RetryPolicy`, 4xx never.
+(docs/architecture.md, HTTP contract). Errors raise `clients.errors` types; 503 and
+connection failures are retried per `RetryPolicy`, 4xx never.
 """
 
 from __future__ import annotations

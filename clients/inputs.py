@@ -22,7 +22,7 @@ ImageInput: TypeAlias = str | os.PathLike[str] | bytes | bytearray | memoryview 
 
 OCTET_STREAM = "application/octet-stream"
 
-# Magic numbers of the formats the gateway accepts (DESIGN.md, HTTP API).
+# Magic numbers of the formats the gateway accepts (docs/architecture.md, HTTP contract).
 _SIGNATURES: tuple[tuple[bytes, str], ...] = (
     (b"\xff\xd8\xff", "image/jpeg"),
     (b"\x89PNG\r\n\x1a\n", "image/png"),

@@ -3,12 +3,16 @@
 
 Inputs (edit these):
   deploy/prometheus/prometheus.yml     scrape jobs: interval, timeout, metrics path
-  deploy/prometheus/recording.yml      recording rules  } -> PrometheusRule
-  deploy/prometheus/alerts.yml         alert rules      }
+  deploy/prometheus/recording.yml      recording rules  } -> PrometheusRules (groups named
+  deploy/prometheus/alerts.yml         alert rules      }    `triton.*` go to Triton's)
   deploy/grafana/dashboards/*.json     dashboards       -> ConfigMap for the Grafana sidecar
 
-Outputs (never edit by hand): k8s/monitoring/{kustomization,servicemonitor,podmonitor,
-prometheusrule,grafana-dashboard-configmap,prometheus-adapter-rules}.yaml
+Outputs (never edit by hand), two kustomize Components and the adapter's rules:
+  k8s/monitoring/gateway/   kustomization (Component), servicemonitor, prometheusrule,
+                            grafana-dashboard-configmap: every overlay can use it
+  k8s/monitoring/triton/    kustomization (Component), podmonitor, prometheusrule: only
+                            where Triton runs (overlays/gpu)
+  k8s/monitoring/prometheus-adapter-rules.yaml
 
     python deploy/generate_k8s_monitoring.py            # rewrite k8s/monitoring/
     python deploy/generate_k8s_monitoring.py --check    # exit 1 if it is stale
@@ -32,6 +36,7 @@ DASHBOARD_DIR = ROOT / "deploy" / "grafana" / "dashboards"
 OUTPUT_DIR = ROOT / "k8s" / "monitoring"
 
 RULE_FILES = ("recording.yml", "alerts.yml")
+TRITON_GROUP_PREFIX = "triton."  # rule groups about Triton, for the triton component only
 GATEWAY_JOB = "ca-serve-gateway"
 TRITON_JOB = "triton"
 # Labels the rest of k8s/ puts on the workloads (k8s/base, k8s/triton).
@@ -123,15 +128,24 @@ def pod_monitor(config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def prometheus_rule() -> dict[str, Any]:
+def rule_groups(*, triton: bool) -> list[dict[str, Any]]:
+    """The rule groups of recording.yml then alerts.yml about Triton (`triton.*`) or not."""
     groups: list[dict[str, Any]] = []
     for name in RULE_FILES:
-        groups.extend(_load_yaml(PROMETHEUS_DIR / name)["groups"])
+        groups.extend(
+            group
+            for group in _load_yaml(PROMETHEUS_DIR / name)["groups"]
+            if str(group["name"]).startswith(TRITON_GROUP_PREFIX) == triton
+        )
+    return groups
+
+
+def prometheus_rule(*, triton: bool) -> dict[str, Any]:
     return {
         "apiVersion": "monitoring.coreos.com/v1",
         "kind": "PrometheusRule",
-        "metadata": _metadata("ca-serve"),
-        "spec": {"groups": groups},
+        "metadata": _metadata("ca-serve-triton" if triton else "ca-serve-gateway"),
+        "spec": {"groups": rule_groups(triton=triton)},
     }
 
 
@@ -198,7 +212,7 @@ def adapter_rules() -> dict[str, Any]:
 
 
 ADAPTER_NOTE = (
-    "# prometheus-adapter configuration, not part of kustomization.yaml: it belongs to the\n"
+    "# prometheus-adapter configuration, not part of any kustomization: it belongs to the\n"
     "# adapter's namespace. Mount `config.yaml` as the adapter's --config, or copy its `rules`\n"
     "# into the prometheus-adapter Helm chart's `rules.custom`. Metrics are per pod:\n"
     "#   ca_gateway_queue_wait_seconds          mean seconds a request waited, last 1m\n"
@@ -207,44 +221,60 @@ ADAPTER_NOTE = (
     "#   nv_inference_queue_seconds_per_request mean Triton queue time, all models, last 1m\n"
 )
 
-KUSTOMIZE_NOTE = (
-    "# Monitoring for ca-serve on a cluster with the Prometheus Operator and a Grafana\n"
-    "# dashboard sidecar. Your Prometheus must select these objects (add its\n"
-    "# serviceMonitorSelector / ruleSelector labels with `labels:` in an overlay).\n"
-)
+COMPONENT_NOTES = {
+    "gateway": (
+        "# Monitoring of the gateway, for every overlay: a kustomize Component, so an overlay\n"
+        "# without it applies on a cluster that lacks the Prometheus Operator's CRDs. Enable\n"
+        "# it with `components: [../../monitoring/gateway]` (docs/deploy.md). Your Prometheus\n"
+        "# must select these objects (its serviceMonitorSelector / ruleSelector labels, added\n"
+        "# with `labels:` in an overlay); the Grafana sidecar must watch the namespace.\n"
+    ),
+    "triton": (
+        "# Monitoring of Triton, only where Triton runs (overlays/gpu), next to\n"
+        "# ../gateway: the PodMonitor and the Triton recording and alert rules.\n"
+    ),
+}
+
+
+def _component(resources: list[str], note: str) -> str:
+    kustomization = {
+        "apiVersion": "kustomize.config.k8s.io/v1alpha1",
+        "kind": "Component",
+        "resources": resources,
+    }
+    return _dump([kustomization], ["this generator"], note)
 
 
 def render() -> dict[str, str]:
-    """File name -> content of every file in k8s/monitoring/."""
+    """Path relative to k8s/monitoring/ -> content, for every file the generator owns."""
     config = _load_yaml(PROMETHEUS_DIR / "prometheus.yml")
     prom_src = ["deploy/prometheus/prometheus.yml"]
     rule_src = [f"deploy/prometheus/{name}" for name in RULE_FILES]
     dash_src = [f"deploy/grafana/dashboards/{p.name}" for p in sorted(DASHBOARD_DIR.glob("*.json"))]
-    files = {
+    gateway = {
         "servicemonitor.yaml": _dump([service_monitor(config)], prom_src),
-        "podmonitor.yaml": _dump([pod_monitor(config)], prom_src),
-        "prometheusrule.yaml": _dump([prometheus_rule()], rule_src),
+        "prometheusrule.yaml": _dump([prometheus_rule(triton=False)], rule_src),
         "grafana-dashboard-configmap.yaml": _dump([dashboard_configmap()], dash_src),
-        "prometheus-adapter-rules.yaml": _dump(
-            [adapter_rules()], ["adapter_rules() in this generator"], ADAPTER_NOTE
-        ),
     }
-    kustomization = {
-        "apiVersion": "kustomize.config.k8s.io/v1beta1",
-        "kind": "Kustomization",
-        "resources": [
-            "servicemonitor.yaml",
-            "podmonitor.yaml",
-            "prometheusrule.yaml",
-            "grafana-dashboard-configmap.yaml",
-        ],
+    triton = {
+        "podmonitor.yaml": _dump([pod_monitor(config)], prom_src),
+        "prometheusrule.yaml": _dump([prometheus_rule(triton=True)], rule_src),
     }
-    files["kustomization.yaml"] = _dump([kustomization], ["this generator"], KUSTOMIZE_NOTE)
+    files: dict[str, str] = {}
+    for component, objects in (("gateway", gateway), ("triton", triton)):
+        for name, content in objects.items():
+            files[f"{component}/{name}"] = content
+        files[f"{component}/kustomization.yaml"] = _component(
+            list(objects), COMPONENT_NOTES[component]
+        )
+    files["prometheus-adapter-rules.yaml"] = _dump(
+        [adapter_rules()], ["adapter_rules() in this generator"], ADAPTER_NOTE
+    )
     return files
 
 
 def stale_files(output: Path) -> list[str]:
-    """Names under `output` that differ from a fresh render (or are missing)."""
+    """Paths under `output` that differ from a fresh render (or are missing)."""
     stale = []
     for name, content in render().items():
         path = output / name
@@ -265,9 +295,10 @@ def main(argv: list[str] | None = None) -> int:
         for name in stale:
             print(f"stale: {args.output / name}", file=sys.stderr)
         return 1 if stale else 0
-    args.output.mkdir(parents=True, exist_ok=True)
     for name, content in render().items():
-        (args.output / name).write_text(content)
+        path = args.output / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(content)
     return 0
 
 

@@ -23,7 +23,7 @@ LABELS_FILENAME = "labels.txt"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-# The Triton model names of the repository (DESIGN.md).
+# The Triton model names of the repository (docs/architecture.md, the model spec contract).
 TORCHSCRIPT_MODEL = "ca_mobilenetv2"
 ONNX_MODEL = "ca_mobilenetv2_onnx"
 TENSORRT_MODEL = "ca_mobilenetv2_trt"

@@ -1,8 +1,8 @@
 """Real photos, preprocessed exactly as the gateway does, for checking exported models.
 
-Torch-free; used by the repository builder and the GPU agreement checks. Preprocessing is
-the gateway's own (`service.gateway.preprocess`), so exports are verified on the very
-inputs they will be served.
+Torch-free and web-framework-free; used by the repository builder and the GPU agreement
+checks. Preprocessing is the gateway's own (`service.preprocess`), so exports are verified
+on the very inputs they will be served.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from service.gateway.preprocess import preprocess
+from service.preprocess import preprocess
 from service.spec import ModelSpec
 
 VERIFY_DIR = Path(__file__).parent / "data" / "verify"

@@ -15,8 +15,9 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
+from service.gateway import apidocs
 from service.gateway.backends import Backend
-from service.gateway.errors import install_handlers
+from service.gateway.http_errors import install_handlers
 from service.gateway.metrics import GatewayMetrics, mark_process_dead
 from service.gateway.middleware import RequestContextMiddleware
 from service.gateway.routes import router
@@ -49,7 +50,7 @@ def create_app(
     the garbage collector's reach, so a full collection walks only what requests made.
     Without it, full collections in a 30-minute soak took 36-105 ms each, every few
     minutes, with the event loop stopped (docs/reliability.md)."""
-    metrics = GatewayMetrics(settings.backend, registry)
+    metrics = GatewayMetrics(backend.name if backend is not None else settings.backend, registry)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -62,7 +63,7 @@ def create_app(
             "serving %s v%s with the %s backend",
             runtime.model.spec.name,
             runtime.backend.model_version(),
-            settings.backend,
+            runtime.backend.name,
         )
         try:
             yield
@@ -80,6 +81,9 @@ def create_app(
         description=DESCRIPTION,
         version="1",
         lifespan=lifespan,
+        # /docs and /redoc come from `apidocs` with self-hosted assets (FastAPI's use a CDN).
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.metrics = metrics
@@ -87,6 +91,7 @@ def create_app(
     app.state.runtime = None
     install_handlers(app)
     app.include_router(router)
+    app.include_router(apidocs.router)
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 

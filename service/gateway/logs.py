@@ -1,4 +1,11 @@
-"""JSON log lines: one object per line, so log pipelines need no parsing rules."""
+"""JSON log lines: one object per line, so log pipelines need no parsing rules.
+
+`logger` names who wrote the line: `ca.gateway...` for the gateway's own messages (start-up,
+backends, errors, `ca.gateway.access` for the access log), `uvicorn` for the server's.
+uvicorn writes its general messages ("Started server process", "Shutting down") through a
+logger named `uvicorn.error` whatever their level; the line says `uvicorn`, so an info
+line never reads as an error.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +16,8 @@ import time
 from typing import Any
 
 ACCESS_LOGGER = "ca.gateway.access"
+# Logger names shown under another name: uvicorn's general logger is called "uvicorn.error".
+_DISPLAY_NAME = {"uvicorn.error": "uvicorn"}
 _RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
     "message",
     "asctime",
@@ -24,7 +33,7 @@ class JsonFormatter(logging.Formatter):
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
-            "logger": record.name,
+            "logger": _DISPLAY_NAME.get(record.name, record.name),
             "message": record.getMessage(),
         }
         for key, value in vars(record).items():

@@ -1,9 +1,10 @@
 """The gateway's Prometheus metrics: names, buckets and label sets in one place.
 
-Names are the contract in DESIGN.md. Durations are seconds with geometric buckets from
-100 µs to ~13 s (decoding a thumbnail takes well under a millisecond, a cold batch
-seconds); batch sizes use powers of two. Label values are fixed sets chosen here
-(route templates, status codes, backend names, failure reasons), never client input.
+Names are a contract (docs/architecture.md, Metrics). Durations are seconds with
+geometric buckets from 100 µs to ~13 s (decoding a thumbnail takes well under a
+millisecond, a cold batch seconds); batch sizes use powers of two. Label values are fixed
+sets chosen here (route templates, status codes, backend names, failure reasons), never
+client input.
 
 Each `GatewayMetrics` registers into its own `CollectorRegistry` (injectable, so tests
 and several apps in one process never collide). When `PROMETHEUS_MULTIPROC_DIR` is set
@@ -36,7 +37,7 @@ BATCH_SIZE_BUCKETS: tuple[float, ...] = tuple(float(2**i) for i in range(11))  #
 
 #: Every route template the app serves; anything else is counted as UNMATCHED_ROUTE.
 ROUTES = ("/", "/classify", "/healthz", "/readyz", "/metrics", "/v1/model", "/docs",
-          "/docs/oauth2-redirect", "/openapi.json")
+          "/docs/oauth2-redirect", "/docs/assets/{name}", "/redoc", "/openapi.json")
 UNMATCHED_ROUTE = "unmatched"
 BACKEND_ERROR_REASONS = ("unavailable", "timeout", "bad_response", "error")
 CONTENT_TYPE = CONTENT_TYPE_LATEST

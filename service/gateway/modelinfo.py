@@ -29,10 +29,6 @@ class ModelInfo:
     def onnx_path(self) -> Path:
         return self.model_dir / self.version / "model.onnx"
 
-    @property
-    def random_init(self) -> bool:
-        return self.weights is not None and self.weights.random_init
-
 
 def load_model_info(settings: Settings) -> ModelInfo:
     """Read spec, labels and weights info; raises `SpecError` naming what is missing."""

@@ -1,5 +1,5 @@
 """HTTP routes. They parse, call the runtime and shape answers; errors are raised as
-`GatewayError`s and rendered by `errors.py`."""
+`service.errors` types and rendered by `http_errors.py`."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from typing import Annotated, Any, TypeVar
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 
-from service.gateway.errors import BackendUnavailable, ClientClosedRequest, InvalidParameter
+from service.errors import BackendUnavailable, ClientClosedRequest, InvalidParameter
 from service.gateway.metrics import CONTENT_TYPE
-from service.gateway.runtime import Runtime
+from service.gateway.runtime import Runtime, Upload
 from service.gateway.schemas import (
     ClassifyResponse,
     ErrorResponse,
@@ -26,12 +26,17 @@ from service.gateway.schemas import (
     WeightsSource,
 )
 from service.gateway.security import Authorized
-from service.gateway.uploads import Upload, media_type, parse_multipart, read_body, request_kind
+from service.gateway.uploads import parse_multipart, read_body, request_kind
 
 T = TypeVar("T")
 STATIC_DIR = Path(__file__).parent / "static"
 
 router = APIRouter()
+
+RANDOM_INIT_WARNING = (
+    "RANDOM-INIT WEIGHTS, not ImageNet-trained: labels are meaningless "
+    "(serve a trained checkpoint: make run WEIGHTS=PATH)"
+)
 
 
 async def get_runtime(request: Request) -> Runtime:
@@ -81,12 +86,18 @@ async def classify(
     _auth: Authorized,
     runtime: RuntimeDep,
     top_k: Annotated[
-        int | None, Query(ge=1, description="Classes per image (default: CA_DEFAULT_TOP_K)")
+        int | None,
+        # Range checked below, so 0 and too large a value get the same answer; the schema
+        # still says the minimum.
+        Query(
+            description="Classes per image, 1 to the model's classes (default: CA_DEFAULT_TOP_K)",
+            json_schema_extra={"minimum": 1},
+        ),
     ] = None,
 ) -> ClassifyResponse:
     settings, model = runtime.settings, runtime.model
     k = top_k if top_k is not None else min(settings.default_top_k, model.spec.num_classes)
-    if k > model.spec.num_classes:
+    if not 1 <= k <= model.spec.num_classes:
         raise InvalidParameter(
             f"top_k must be between 1 and {model.spec.num_classes}, got {k}"
         )
@@ -96,7 +107,7 @@ async def classify(
         request, settings.max_upload_bytes, timeout_s=settings.body_timeout_s
     )
     if kind == "raw":
-        uploads = [Upload(body, None, media_type(content_type))]
+        uploads = [Upload(body)]
     else:
         uploads = await runtime.run_cpu(
             parse_multipart, body, content_type, max_files=settings.max_files
@@ -161,7 +172,8 @@ async def healthz() -> Health:
 )
 async def readyz(request: Request) -> Response:
     runtime: Runtime | None = getattr(request.app.state, "runtime", None)
-    backend = request.app.state.settings.backend
+    # The backend that runs; before start-up, the one the settings name.
+    backend = runtime.backend.name if runtime is not None else request.app.state.settings.backend
     if runtime is None:
         body = Readiness(status="not_ready", backend=backend, detail="starting")
     elif runtime.batcher.closed:
@@ -199,16 +211,12 @@ async def model_description(_auth: Authorized, runtime: RuntimeDep) -> ModelDesc
             source=weights.source,
             random_init=weights.random_init,
             sha256=weights.sha256,
-            warning=(
-                "RANDOM-INIT WEIGHTS: this model was not trained; its predictions are noise"
-                if weights.random_init
-                else None
-            ),
+            warning=RANDOM_INIT_WARNING if weights.random_init else None,
         )
     return ModelDescription(
         name=spec.name,
         version=runtime.backend.model_version(),
-        backend=runtime.settings.backend,
+        backend=runtime.backend.name,
         architecture=spec.architecture,
         num_classes=spec.num_classes,
         input_size=spec.input_size,

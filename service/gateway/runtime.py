@@ -5,6 +5,9 @@ Preprocessing runs in the thread pool (bad images fail their own request before 
 reach the queue); each image then goes through the micro-batcher as
 `(image, top_k, enqueued_at)`, and each batch asks the backend for the largest `k` in it,
 every caller keeping its own first `k`.
+
+No web framework here: the HTTP layer hands in `Upload`s and turns the `service.errors`
+raised back into answers.
 """
 
 from __future__ import annotations
@@ -20,6 +23,13 @@ from typing import NamedTuple, ParamSpec, TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
+from service.errors import (
+    BackendUnavailable,
+    Overloaded,
+    RequestTimeout,
+    ServiceError,
+    ShuttingDown,
+)
 from service.gateway.backends import Backend, build_backend
 from service.gateway.batching import (
     ADMISSION_HEADROOM,
@@ -27,18 +37,10 @@ from service.gateway.batching import (
     MicroBatcher,
     QueueFullError,
 )
-from service.gateway.errors import (
-    BackendUnavailable,
-    GatewayError,
-    Overloaded,
-    RequestTimeout,
-    ShuttingDown,
-)
 from service.gateway.metrics import GatewayMetrics, multiprocess_dir
 from service.gateway.modelinfo import ModelInfo, load_model_info
-from service.gateway.preprocess import Preprocessor
-from service.gateway.settings import Settings
-from service.gateway.uploads import Upload
+from service.gateway.settings import EffectiveSettings, Settings, resolve
+from service.preprocess import Preprocessor
 
 logger = logging.getLogger("ca.gateway.runtime")
 
@@ -47,13 +49,22 @@ T = TypeVar("T")
 Ranking = list[tuple[int, float]]  # (class index, score), best first
 
 
+@dataclass(frozen=True)
+class Upload:
+    """One encoded image as a client sent it. `filename` is for messages and answers only
+    (already sanitised by whoever parsed it), never a path."""
+
+    data: bytes
+    filename: str | None = None
+
+
 class _Item(NamedTuple):
     image: NDArray[np.uint8]
     k: int
     enqueued_at: float
 
 
-_ERROR_REASONS: dict[type[GatewayError], str] = {
+_ERROR_REASONS: dict[type[ServiceError], str] = {
     RequestTimeout: "timeout",
     BackendUnavailable: "unavailable",
 }
@@ -62,6 +73,7 @@ _ERROR_REASONS: dict[type[GatewayError], str] = {
 @dataclass
 class Runtime:
     settings: Settings
+    effective: EffectiveSettings
     model: ModelInfo
     backend: Backend
     metrics: GatewayMetrics
@@ -78,31 +90,30 @@ class Runtime:
         """Load the model info, start the backend (raises `ContractError`/`SpecError` on a
         model the gateway cannot serve) and the batcher."""
         model = load_model_info(settings)
-        backend = backend if backend is not None else build_backend(settings, model)
+        effective = resolve(settings, model.spec)
+        if backend is None:
+            backend = build_backend(settings, model, effective)
         await backend.start()
         batcher: MicroBatcher[_Item, Ranking] = MicroBatcher(
             batch_function(backend, metrics),
-            max_batch_size=min(settings.max_batch_size, model.spec.max_batch_size),
+            max_batch_size=effective.max_batch_size,
             max_batch_delay_s=settings.max_batch_delay_ms / 1000.0,
             max_queue=settings.max_queue,
-            max_concurrent_batches=(
-                settings.max_concurrent_batches or backend.default_concurrent_batches
-            ),
+            max_concurrent_batches=effective.concurrent_batches,
         )
         runtime = cls(
             settings=settings,
+            effective=effective,
             model=model,
             backend=backend,
             metrics=metrics,
-            pool=ThreadPoolExecutor(settings.preprocess_workers, thread_name_prefix="ca-cpu"),
+            pool=ThreadPoolExecutor(effective.preprocess_threads, thread_name_prefix="ca-cpu"),
             batcher=batcher,
             preprocessor=Preprocessor(model.spec, settings.max_image_pixels),
         )
         if not multiprocess_dir():
             metrics.queue_depth.set_function(lambda: runtime.batcher.depth)
-        probe = getattr(backend, "set_cpu_jobs_probe", None)
-        if probe is not None:  # the embedded backend shares the cores with preprocessing
-            probe(lambda: runtime.cpu_jobs)
+        backend.set_cpu_jobs_probe(lambda: runtime.cpu_jobs)
         runtime.batcher.start()
         return runtime
 
@@ -124,7 +135,7 @@ class Runtime:
     async def classify(self, uploads: Sequence[Upload], k: int) -> list[Ranking]:
         """Top-`k` rankings, one per upload in order, within `request_timeout_s`.
 
-        Raises the upload's own `GatewayError` for a bad image, `BackendUnavailable` or
+        Raises the upload's own `ServiceError` for a bad image, `BackendUnavailable` or
         `ShuttingDown` (fast, before any work), `Overloaded`, `RequestTimeout`.
         """
         if self.batcher.closed:
@@ -155,7 +166,7 @@ class Runtime:
             return True
         if not behind:  # nothing ahead in the pool: never shed on an estimate alone
             return False
-        pool_s = (behind + images) * self._preprocess_s / self.settings.preprocess_workers
+        pool_s = (behind + images) * self._preprocess_s / self.effective.preprocess_threads
         return pool_s + self.batcher.expected_wait_s(images + behind) > (
             ADMISSION_HEADROOM * budget_s
         )
@@ -188,7 +199,7 @@ class Runtime:
         )
         images: list[NDArray[np.uint8]] = []
         for number, (upload, result) in enumerate(zip(uploads, results, strict=True), 1):
-            if isinstance(result, GatewayError):
+            if isinstance(result, ServiceError):
                 if len(uploads) > 1:
                     name = f" ({upload.filename})" if upload.filename else ""
                     result.message = f"file {number}{name}: {result.message}"
@@ -240,7 +251,7 @@ def batch_function(
         k = max(item.k for item in items)
         try:
             top = await backend.top_k(batch, k)
-        except GatewayError as exc:
+        except ServiceError as exc:
             metrics.backend_error(_reason(exc))
             raise
         except Exception as exc:
@@ -256,7 +267,7 @@ def batch_function(
     return run_batch
 
 
-def _reason(error: GatewayError) -> str:
+def _reason(error: ServiceError) -> str:
     for cls, reason in _ERROR_REASONS.items():
         if isinstance(error, cls):
             return reason

@@ -14,7 +14,11 @@ class Prediction(BaseModel):
 
 
 class ImageResult(BaseModel):
-    filename: str | None = Field(None, description="The multipart part's filename, if any")
+    filename: str | None = Field(
+        None,
+        description="The multipart part's file name, cleaned: base name only, no control "
+        "characters, at most 255 characters; null when there is none",
+    )
     predictions: list[Prediction] = Field(description="Best first, `top_k` entries")
 
 
@@ -38,7 +42,7 @@ class WeightsSource(BaseModel):
 class ModelDescription(BaseModel):
     name: str
     version: str
-    backend: Literal["embedded", "triton"]
+    backend: str = Field(description="The inference backend serving: 'embedded' or 'triton'")
     architecture: str
     num_classes: int
     input_size: int = Field(description="Side of the square crop the model sees, pixels")
@@ -56,7 +60,7 @@ class Health(BaseModel):
 
 class Readiness(BaseModel):
     status: Literal["ready", "not_ready"]
-    backend: str
+    backend: str = Field(description="The inference backend: 'embedded' or 'triton'")
     detail: str
 
 

@@ -15,7 +15,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from service.gateway.errors import Unauthorized
+from service.errors import Unauthorized
 
 _bearer = HTTPBearer(auto_error=False, description="One of the keys in CA_API_KEYS")
 

@@ -1,19 +1,27 @@
-"""Gateway settings: one typed object, read from `CA_*` environment variables.
+"""Gateway settings: one typed object, read from `CA_*` environment variables, and the
+one function that turns its "0 means default" knobs into the values that run.
 
 Built by whoever starts the app (`ca-serve serve`, tests) and passed to
-`create_app(settings)`; never instantiated at import time.
+`create_app(settings)`; never instantiated at import time. `resolve(settings, spec)` is
+the only place a default is filled in or a setting is capped by the model; the runtime
+and the backend both run with its `EffectiveSettings`.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from service.spec import ONNX_MODEL
+from service.spec import ONNX_MODEL, ModelSpec
+
+# Batches in flight against Triton when `max_concurrent_batches` is 0: a remote server
+# pipelines, so a few batches on the wire let transfer and queueing overlap its compute.
+TRITON_CONCURRENT_BATCHES = 4
 
 
 def available_cores() -> int:
@@ -57,7 +65,7 @@ class Settings(BaseSettings):
     # Batching and capacity.
     # CPU: ONNX Runtime's cost per image is lowest at batch 2-8; batches form from what
     # queued while the backend was busy, so waiting for company (a delay) only adds latency
-    # when a stream is idle (docs/performance.md, "Changes and their effect").
+    # when a stream is idle (docs/performance.md).
     max_batch_size: int = Field(default=4, ge=1, le=1024)
     max_batch_delay_ms: float = Field(default=0.0, ge=0.0, le=1000.0)
     max_queue: int = Field(default=256, ge=1)
@@ -132,13 +140,38 @@ class Settings(BaseSettings):
         return value
 
     @property
-    def preprocess_workers(self) -> int:
-        return self.preprocess_threads or available_cores()
-
-    @property
-    def inference_workers(self) -> int:
-        return self.inference_threads or available_cores()
-
-    @property
     def model_dir(self) -> Path:
         return self.model_repository / self.model_name
+
+
+@dataclass(frozen=True)
+class EffectiveSettings:
+    """The capacity values the gateway runs with, every default applied (all >= 1)."""
+
+    #: Images per backend call: `max_batch_size`, capped by the model's own limit.
+    max_batch_size: int
+    #: Batches in flight at once; for the embedded backend also its ONNX Runtime streams.
+    concurrent_batches: int
+    #: ONNX Runtime intra-op threads of the embedded backend's lone-batch session.
+    inference_threads: int
+    #: Threads decoding and resizing images (and parsing multipart bodies).
+    preprocess_threads: int
+
+
+def resolve(settings: Settings, spec: ModelSpec, *, cores: int | None = None) -> EffectiveSettings:
+    """Apply the defaults: 0 threads means one per core (`cores`, by default the cores
+    this process may run on); 0 concurrent batches means one per inference thread for the
+    embedded backend (one single-threaded ONNX Runtime stream per core under load) and
+    `TRITON_CONCURRENT_BATCHES` for Triton; the batch size never exceeds what the model
+    accepts (`spec.max_batch_size`)."""
+    cores = cores if cores is not None else available_cores()
+    inference_threads = settings.inference_threads or cores
+    default_batches = (
+        TRITON_CONCURRENT_BATCHES if settings.backend == "triton" else inference_threads
+    )
+    return EffectiveSettings(
+        max_batch_size=min(settings.max_batch_size, spec.max_batch_size),
+        concurrent_batches=settings.max_concurrent_batches or default_batches,
+        inference_threads=inference_threads,
+        preprocess_threads=settings.preprocess_threads or cores,
+    )

@@ -4,12 +4,15 @@ Two request shapes are accepted: one image as the raw body (`Content-Type: image
 or `multipart/form-data` with one or more parts named `file`. The body is read with a
 byte limit (checked against `Content-Length` first, then while streaming, so chunked
 uploads cannot get around it); multipart bodies are parsed with python-multipart's
-streaming parser so binary parts are never decoded as text.
+streaming parser so binary parts are never decoded as text. A part's file name is
+echoed in the answer, so it is cleaned first (`clean_filename`) and never used as a path.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -21,7 +24,7 @@ from python_multipart.multipart import (
 )
 from starlette.requests import Request
 
-from service.gateway.errors import (
+from service.errors import (
     BadRequest,
     BodyTimeout,
     InvalidParameter,
@@ -29,6 +32,7 @@ from service.gateway.errors import (
     TooManyFiles,
     UnsupportedMediaType,
 )
+from service.gateway.runtime import Upload
 
 RAW_IMAGE_TYPES = frozenset({
     "image/jpeg", "image/jpg", "image/pjpeg", "image/png", "image/webp", "image/gif",
@@ -38,13 +42,28 @@ RAW_IMAGE_TYPES = frozenset({
 PART_TYPES = RAW_IMAGE_TYPES | {"application/octet-stream", ""}
 FILE_FIELD = "file"
 _MAX_OTHER_PARTS = 16
+MAX_FILENAME_CHARS = 255
+_PATH_SEPARATORS = re.compile(r"[/\\]")
+# Besides control characters (C0, DEL, C1: NUL, CR, LF, ESC, ...), characters that break
+# a log line or change how a name displays: line and paragraph separators, bidi controls.
+_BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e"
+                           "\u2066\u2067\u2068\u2069")
 
 
-@dataclass(frozen=True)
-class Upload:
-    data: bytes
-    filename: str | None = None
-    content_type: str = ""
+def clean_filename(raw: str | None) -> str | None:
+    """A client's file name made safe to echo, log and render as text: the base name only
+    (whatever follows the last `/` or `\\`), without control characters, line separators or
+    bidi controls, at most `MAX_FILENAME_CHARS` characters; None when nothing is left (or
+    only `.`/`..`). Other text (HTML, quotes, any script) is kept: the answer is JSON."""
+    if raw is None:
+        return None
+    base = _PATH_SEPARATORS.split(raw)[-1]
+    name = "".join(char for char in base if not _unsafe(char))[:MAX_FILENAME_CHARS]
+    return None if name in ("", ".", "..") else name
+
+
+def _unsafe(char: str) -> bool:
+    return unicodedata.category(char) in ("Cc", "Zl", "Zp") or char in _BIDI_CONTROLS
 
 
 def media_type(header: str | None) -> str:
@@ -136,7 +155,8 @@ class _Collector:
         self._part.data.append(data[start:end])
 
     def on_part_end(self) -> None:
-        name, filename = self._part.disposition()
+        name, raw_filename = self._part.disposition()
+        filename = clean_filename(raw_filename)
         if name != FILE_FIELD:
             self.others += 1
             if self.others > _MAX_OTHER_PARTS:
@@ -150,7 +170,7 @@ class _Collector:
             raise UnsupportedMediaType(
                 f"part {shown!r} has Content-Type {ctype[:80]!r}; send images"
             )
-        self.files.append(Upload(b"".join(self._part.data), filename, ctype))
+        self.files.append(Upload(b"".join(self._part.data), filename))
 
 
 def parse_multipart(body: bytes, content_type: str, *, max_files: int) -> list[Upload]:

@@ -63,7 +63,7 @@ def download(url: str, directory: Path | None = None) -> Path:
             Path(tmp.name).unlink(missing_ok=True)
         raise CheckpointError(
             f"could not download {url} ({exc}); pass a local file with --weights PATH "
-            "(or --weights random for a pipeline test)"
+            "(or --weights demo for seeded demo weights)"
         ) from exc
     return target
 

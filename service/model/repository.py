@@ -29,6 +29,7 @@ from service.model.checkpoint import (
     resolve,
     sha256_of,
 )
+from service.model.demo import DEMO_NOTE, DEMO_SEED, DEMO_SOURCE, demo_network
 from service.model.export import (
     Agreement,
     eager_runner,
@@ -61,7 +62,9 @@ Target = Literal["gpu", "cpu"]
 VERSION = "1"
 RANDOM_SEED = 0
 DEFAULT_WEIGHTS = "default"
+DEMO_WEIGHTS = "demo"
 RANDOM_WEIGHTS = "random"
+IMAGENET_CLASSES = 1000  # the shipped labels file's classes
 PYTHON_MODEL = Path(__file__).parent / "triton_python" / "model.py"
 Progress = Callable[[str], None]
 
@@ -77,29 +80,60 @@ class BuildReport:
 
 
 def model_specs(num_classes: int = 1000) -> dict[triton_config.Kind, ModelSpec]:
-    """The spec of each model. libtorch binds tensors by the `<name>__<index>` convention."""
-    onnx = ModelSpec(name=ONNX_MODEL, num_classes=num_classes)
+    """The spec of each model. libtorch binds tensors by the `<name>__<index>` convention.
+    GPU models batch up to `GPU_MAX_BATCH_SIZE`, the CPU one up to `CPU_MAX_BATCH_SIZE`
+    (`triton_config` says why); the gateway caps its own batches by the spec's."""
+    onnx = ModelSpec(
+        name=ONNX_MODEL, num_classes=num_classes, max_batch_size=triton_config.GPU_MAX_BATCH_SIZE
+    )
     return {
         "torchscript": replace(
             onnx, name=TORCHSCRIPT_MODEL, input_name="IMAGE__0", output_name="PROBS__0"
         ),
         "onnx": onnx,
         "tensorrt": replace(onnx, name=TENSORRT_MODEL),
-        "python_onnx": onnx,
+        "python_onnx": replace(onnx, max_batch_size=triton_config.CPU_MAX_BATCH_SIZE),
     }
 
 
 def random_network(num_classes: int = 1000) -> CAMobileNetV2:
-    """Seeded, so two builds without a checkpoint serve identical (meaningless) weights."""
+    """Seeded, so two builds without a checkpoint serve identical (meaningless) weights.
+
+    Every image gets the same near-uniform answer: for pipeline tests, not for people."""
     torch.manual_seed(RANDOM_SEED)
     return ca_mobilenet_v2(num_classes=num_classes).eval()
 
 
+def demo_weights(notes: list[str] | None = None) -> tuple[CAMobileNetV2, WeightsInfo]:
+    """The calibrated demo network (`service.model.demo`): answers differ per photo, and
+    `weights.json` says `random_init: true` with a note that the labels are meaningless."""
+    return demo_network(), WeightsInfo(
+        source=DEMO_SOURCE, random_init=True, notes=[DEMO_NOTE, *(notes or [])]
+    )
+
+
+def fallback_warning(reason: str) -> str:
+    """The banner `build-repo` prints when the authors' checkpoint cannot be loaded."""
+    bar = "!" * 78
+    return (
+        f"{bar}\n!! WARNING: the authors' checkpoint could not be loaded:\n!!   {reason}\n"
+        f"!! Serving DEMO weights ({DEMO_SOURCE}, seed {DEMO_SEED}): NOT ImageNet-trained,\n"
+        "!! labels are meaningless (each photo still gets its own answer).\n"
+        "!! Serve a real checkpoint with `make run WEIGHTS=PATH` "
+        "(or `ca-serve build-repo --weights PATH`).\n"
+        f"{bar}"
+    )
+
+
 def load_weights(weights: str, warn: Progress) -> tuple[CAMobileNetV2, WeightsInfo]:
-    """`default` (the authors' release, else random with a warning), `random`, a path or URL."""
+    """Resolve `--weights`: `default` (the authors' release; where it cannot be loaded, the
+    demo weights with a loud warning), `demo`, `random` (seeded, uniform answers: for
+    pipeline tests), or a checkpoint path or URL (an error if it cannot be loaded)."""
     if weights == RANDOM_WEIGHTS:
         network = random_network()
         return network, WeightsInfo(source="random-init", random_init=True)
+    if weights == DEMO_WEIGHTS:
+        return demo_weights()
     source = AUTHORS_CHECKPOINT_URL if weights == DEFAULT_WEIGHTS else weights
     try:
         path = resolve(source)
@@ -107,16 +141,8 @@ def load_weights(weights: str, warn: Progress) -> tuple[CAMobileNetV2, WeightsIn
     except CheckpointError as exc:
         if weights != DEFAULT_WEIGHTS:
             raise
-        warn(
-            "!" * 78
-            + f"\n!! WARNING: the authors' checkpoint could not be loaded:\n!!   {exc}\n"
-            + f"!! Serving DETERMINISTIC RANDOM weights (seed {RANDOM_SEED}): predictions are"
-            " meaningless.\n!! Pass --weights PATH to serve a real checkpoint.\n" + "!" * 78
-        )
-        network = random_network()
-        return network, WeightsInfo(
-            source="random-init", random_init=True, notes=[f"fallback: {exc}"]
-        )
+        warn(fallback_warning(str(exc)))
+        return demo_weights([f"fallback: {exc}"])
     # The URL or the file's name: the build machine's directories are nobody's business,
     # and the repository is served (GET /v1/model); the sha256 identifies the file.
     return network, WeightsInfo(
@@ -138,10 +164,22 @@ def write_model_dir(
 
 
 def default_labels(num_classes: int) -> list[str]:
-    if num_classes == 1000:
+    if num_classes == IMAGENET_CLASSES:
         return load_labels(default_labels_path(), expected=1000)
     # A fine-tune with its own classes: numbered labels until the owner supplies names.
     return [f"class_{index}" for index in range(num_classes)]
+
+
+def numbered_labels_warning(num_classes: int) -> str:
+    """What `build-repo` prints for a checkpoint that is not ImageNet-1k and no labels."""
+    bar = "!" * 78
+    return (
+        f"{bar}\n!! WARNING: the checkpoint has {num_classes} classes, not ImageNet's 1000, and "
+        "no --labels file\n!! was given: its classes are served as class_0 ... "
+        f"class_{num_classes - 1}.\n!! Pass --labels FILE (one class name per line, in the "
+        "checkpoint's order).\n"
+        f"{bar}"
+    )
 
 
 def _printer(message: str) -> None:
@@ -170,11 +208,12 @@ def build_repository(
     with _step(progress, f"loading weights ({weights})"):
         network, info = load_weights(weights, progress)
     num_classes = network.num_classes
-    labels = (
-        load_labels(labels_file, expected=num_classes)
-        if labels_file
-        else default_labels(num_classes)
-    )
+    if labels_file:
+        labels = load_labels(labels_file, expected=num_classes)
+    else:
+        labels = default_labels(num_classes)
+        if num_classes != IMAGENET_CLASSES:
+            progress(numbered_labels_warning(num_classes))
     info = replace(info, num_parameters=sum(p.numel() for p in network.parameters()))
     report = BuildReport(output=output, target=target, weights=info)
     specs = model_specs(num_classes)
@@ -216,7 +255,10 @@ def build_repository(
     for note in report.notes:
         progress(f"   note: {note}")
     if info.random_init:
-        progress("!! The repository holds RANDOM-INIT weights: fine for tests, not for users.")
+        progress(
+            f"!! The repository holds {info.source} weights, not ImageNet-trained: "
+            "labels are meaningless."
+        )
     return report
 
 
@@ -229,5 +271,5 @@ def _tensorrt_step(output: Path, requested: bool, progress: Progress) -> str:
             "`python -m service.model.tensorrt --repository DIR`"
         )
     with _step(progress, "building the TensorRT plan (FP16)"):
-        plan = trt_build.build_for_repository(output)
-    return f"TensorRT plan written to {plan}"
+        outcome = trt_build.build_for_repository(output, report=progress)
+    return f"TensorRT plan written to {outcome.plan}, verified against ONNX Runtime CPU"

@@ -1,39 +1,17 @@
-"""The try-it page at `/` in a real headless browser (Debian's chromium, driven by Playwright).
-
-Playwright's own browser download does not work on these machines; `make system-deps`
-installs Debian's chromium, which Playwright launches through `executable_path`.
-"""
+"""The try-it page at `/` in a real headless browser (the `browser` fixture: Debian's
+chromium, driven by Playwright)."""
 
 from __future__ import annotations
 
 import re
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from tests.support.gateway import GatewayServer
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"no chromium at {CHROMIUM}: run `make system-deps` (apt-get install chromium)")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
 
 
 def _open(browser: Browser, server: GatewayServer) -> Iterator[Page]:
@@ -116,6 +94,9 @@ def test_api_key_and_random_weights_are_shown_plainly(
     page.locator("#api-key").blur()
     expect(page.locator("#random-init")).to_be_visible()
     expect(page.locator("#random-init")).to_contain_text(re.compile("random", re.IGNORECASE))
+    expect(page.locator("#random-init")).to_contain_text(
+        "not ImageNet-trained: labels are meaningless"
+    )
     expect(page.locator("#weights-source")).to_have_text("random (RANDOM INIT)")
     expect(page.locator("#model-error")).to_be_hidden()
 

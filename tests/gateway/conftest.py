@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import httpx
@@ -35,7 +35,6 @@ class FakeBackend:
     with switches for latency and outages."""
 
     name = "embedded"
-    default_concurrent_batches = 1
 
     def __init__(self, num_classes: int = NUM_CLASSES) -> None:
         self.num_classes = num_classes
@@ -43,12 +42,16 @@ class FakeBackend:
         self.up = True
         self.fail: Exception | None = None
         self.batches: list[int] = []
+        self.cpu_jobs: Callable[[], int] | None = None
 
     async def start(self) -> None:
         pass
 
     async def close(self) -> None:
         pass
+
+    def set_cpu_jobs_probe(self, probe: Callable[[], int]) -> None:
+        self.cpu_jobs = probe
 
     def ready(self) -> bool:
         return self.up

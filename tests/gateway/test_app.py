@@ -110,6 +110,33 @@ async def test_health_ready_model(client: httpx.AsyncClient) -> None:
     assert model["labels"][3] == "class_3" and model["backend"] == "embedded"
 
 
+async def test_ready_and_model_name_the_backend_that_runs(tiny_settings: Settings) -> None:
+    # The settings name Triton; the backend actually running is the injected one.
+    fake = FakeBackend()
+    fake.name = "embedded"
+    settings = tiny_settings.model_copy(update={"backend": "triton"})
+    app = create_app(settings, backend=fake)
+    async for client in open_client(app):
+        assert (await client.get("/readyz")).json()["backend"] == "embedded"
+        assert (await client.get("/v1/model")).json()["backend"] == "embedded"
+        metrics = (await client.get("/metrics")).text
+        assert 'ca_gateway_inference_duration_seconds_count{backend="embedded"}' in metrics
+        assert 'backend="triton"' not in metrics
+
+
+async def test_runtime_tells_the_backend_how_busy_preprocessing_is(
+    tiny_settings: Settings,
+) -> None:
+    fake = FakeBackend()
+    app = create_app(tiny_settings, backend=fake)
+    async for _ in open_client(app):
+        probe = fake.cpu_jobs
+        assert probe is not None and probe() == 0
+        # Seen from inside a preprocessing-pool job: that job itself is in flight.
+        assert await app.state.runtime.run_cpu(probe) == 1
+        assert probe() == 0
+
+
 async def test_model_says_plainly_when_weights_are_random(tmp_path: Path) -> None:
     repo = write_tiny_repository(tmp_path, random_init=True)
     app = create_app(Settings(model_repository=repo, model_name=TINY_MODEL))

@@ -13,16 +13,15 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
+from service.errors import BackendUnavailable, ContractError
 from service.gateway.backends.embedded import EmbeddedBackend, open_session
 from service.gateway.backends.triton import (
     TritonBackend,
     check_metadata_contract,
     parse_classification,
 )
-from service.gateway.errors import BackendUnavailable, ContractError
 from service.gateway.metrics import BATCH_SIZE_BUCKETS, DURATION_BUCKETS, GatewayMetrics
 from service.gateway.security import ApiKeys
-from service.gateway.settings import Settings
 from service.spec import ModelSpec
 from tests.support.gateway import TINY_MODEL, write_tiny_repository
 
@@ -95,7 +94,7 @@ async def test_embedded_backend_warms_each_session_with_the_largest_batch(
 
 
 def test_sessions_run_without_memory_patterns(tiny_repository: Path) -> None:
-    # Patterns made RSS creep under traffic (docs/performance.md, fifth session).
+    # Patterns made RSS creep under traffic (see `open_session`).
     session = open_session(
         tiny_repository / TINY_MODEL / "1" / "model.onnx", threads=1, spinning=False
     )
@@ -148,14 +147,8 @@ def test_parse_classification_strings() -> None:
         parse_classification(raw, 3)
 
 
-async def test_triton_backend_starts_not_ready_when_unreachable(tiny_repository: Path) -> None:
-    settings = Settings(
-        backend="triton",
-        triton_url="127.0.0.1:9",
-        model_repository=tiny_repository,
-        triton_health_interval_s=0.1,
-    )
-    backend = TritonBackend(settings, SPEC)
+async def test_triton_backend_starts_not_ready_when_unreachable() -> None:
+    backend = TritonBackend(SPEC, url="127.0.0.1:9", model=TINY_MODEL, health_interval_s=0.1)
     await backend.start()
     try:
         assert not backend.ready() and "unreachable" in backend.status()

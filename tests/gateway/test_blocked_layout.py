@@ -12,9 +12,9 @@ import pytest
 
 from service.gateway.backends import blocked_layout
 from service.gateway.backends.embedded import EmbeddedBackend
-from service.gateway.preprocess import preprocess
 from service.model.export import PROBS_ATOL
 from service.model.network import CoordinateAttention, ca_mobilenet_v2
+from service.preprocess import preprocess
 from service.spec import ModelSpec
 from tests.support.gateway import tiny_onnx_model
 

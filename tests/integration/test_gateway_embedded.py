@@ -19,8 +19,8 @@ import onnxruntime as ort
 import pytest
 from PIL import Image, ImageOps
 
-from service.gateway.preprocess import preprocess
 from service.gateway.settings import Settings
+from service.preprocess import preprocess
 from service.spec import ONNX_MODEL, ModelSpec
 from tests.support.gateway import GatewayServer
 

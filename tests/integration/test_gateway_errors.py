@@ -16,8 +16,8 @@ import httpx
 import pytest
 from PIL import Image
 
+from service.errors import BackendUnavailable
 from service.gateway.app import create_app
-from service.gateway.errors import BackendUnavailable
 from service.gateway.settings import Settings
 from tests.gateway.conftest import FakeBackend
 from tests.support.gateway import TINY_MODEL, GatewayServer, write_tiny_repository
@@ -211,6 +211,12 @@ def test_422_bad_top_k(http: httpx.Client, query: str) -> None:
     assert_still_serving(http)
 
 
+@pytest.mark.parametrize("top_k", [0, -3, 11, 5000])
+def test_top_k_out_of_range_gets_one_message_either_side(http: httpx.Client, top_k: int) -> None:
+    error = assert_error(raw(http, png(), query=f"?top_k={top_k}"), 422, "invalid_parameter")
+    assert error["message"] == f"top_k must be between 1 and 10, got {top_k}"
+
+
 def test_422_multipart_without_file_part(http: httpx.Client) -> None:
     response = http.post(
         "/classify",
@@ -243,6 +249,7 @@ def fake_server(repository: Path, fake: FakeBackend) -> Iterator[GatewayServer]:
         max_queue=2,
         max_batch_size=1,
         max_batch_delay_ms=0,
+        max_concurrent_batches=1,
         request_timeout_s=1.0,
         retry_after_s=3,
     )

@@ -6,6 +6,7 @@ Pure helpers for tests/k8s: no pytest here. Rendering shells out to `kubectl kus
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -19,6 +20,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
 OVERLAYS = ("gpu", "cpu")
+NAMESPACE = "ca-serve"
+# The monitoring components each overlay takes (k8s/monitoring/, generated).
+MONITORING = {"gpu": ("gateway", "triton"), "cpu": ("gateway",)}
 # The workloads' app.kubernetes.io/name labels.
 GATEWAY = "ca-serve-gateway"
 TRITON = "triton"
@@ -49,6 +53,26 @@ def render(directory: Path, *, load_restrictor_none: bool = False) -> list[Manif
     if result.returncode != 0:
         raise RenderError(f"{' '.join(command)} failed:\n{result.stderr}")
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def render_with_components(
+    workdir: Path, resources: list[Path], components: list[Path]
+) -> list[Manifest]:
+    """Render a kustomization in `workdir` (outside k8s/) that takes `resources` and adds
+    `components`, the way docs/deploy.md tells a user to write their own overlay."""
+    workdir.mkdir(parents=True, exist_ok=True)
+
+    def rel(path: Path) -> str:
+        return os.path.relpath(path, workdir)
+
+    (workdir / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\n"
+        "kind: Kustomization\n"
+        f"namespace: {NAMESPACE}\n"
+        f"resources: [{', '.join(rel(r) for r in resources)}]\n"
+        f"components: [{', '.join(rel(c) for c in components)}]\n"
+    )
+    return render(workdir, load_restrictor_none=True)
 
 
 def name_of(obj: Manifest) -> str:
@@ -156,3 +180,27 @@ def flag_value(args: list[str], flag: str) -> str:
         if arg == flag and index + 1 < len(args):
             return args[index + 1]
     raise LookupError(f"{flag} not in {args}")
+
+
+_SUFFIXES = {"m": 1e-3, "": 1.0, "k": 1e3, "M": 1e6, "G": 1e9, "Ki": 1024.0, "Mi": 1024.0**2}
+
+
+def quantity(value: str | int | float) -> float:
+    """A Kubernetes quantity ("50m", "2", "1.5", "4Gi") as a number."""
+    if isinstance(value, (int, float)):
+        return float(value)
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)(m|k|M|G|Ki|Mi)?", value.strip())
+    if not match:
+        raise ValueError(f"not a quantity this helper reads: {value!r}")
+    return float(match.group(1)) * _SUFFIXES[match.group(2) or ""]
+
+
+def env_file(path: Path) -> dict[str, str]:
+    """KEY=VALUE lines of an env file (comments and blank lines skipped)."""
+    values: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            values[key.strip()] = value.strip()
+    return values

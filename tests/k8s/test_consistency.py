@@ -8,8 +8,9 @@ shutdown fits the grace period. GPUs, resources and lockdown: test_pod_security.
 from __future__ import annotations
 
 import os
+import re
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import pytest
@@ -137,8 +138,6 @@ def test_the_configmap_parses_as_settings(
     assert settings.backend == {"gpu": "triton", "cpu": "embedded"}[overlay]
     assert settings.host == "0.0.0.0"
     assert settings.model_name in {ONNX_MODEL, TORCHSCRIPT_MODEL, TENSORRT_MODEL}
-    if settings.backend == "triton":
-        assert settings.triton_model in {ONNX_MODEL, TORCHSCRIPT_MODEL, TENSORRT_MODEL}
 
 
 def test_thread_pools_fit_the_gateway_cpu(objects: list[Manifest]) -> None:
@@ -159,13 +158,29 @@ def test_api_keys_come_from_the_secret(objects: list[Manifest]) -> None:
     assert "CA_API_KEYS" not in gateway_config(objects)
 
 
-def test_gpu_gateway_dials_the_triton_grpc_port(gpu: list[Manifest]) -> None:
+def test_gpu_gateway_balances_over_every_triton_pod(gpu: list[Manifest]) -> None:
+    """CA_TRITON_URL is `dns:///<service>.<namespace>.svc.cluster.local:<grpc port>` of a
+    headless Service: DNS answers with every ready pod, and the gateway's gRPC round_robin
+    balances requests over them (a ClusterIP would pin one pod per gateway connection)."""
     config = gateway_config(gpu)
-    host, _, port = config["CA_TRITON_URL"].partition(":")
-    service = one(gpu, "Service", host)
+    url = config["CA_TRITON_URL"]
+    match = re.fullmatch(r"dns:///([a-z0-9-]+)\.([a-z0-9-]+)\.svc\.cluster\.local:(\d+)", url)
+    assert match, f"CA_TRITON_URL={url}: not a dns:/// target of a Service's cluster name"
+    name, namespace, port = match.group(1), match.group(2), int(match.group(3))
+    service = one(gpu, "Service", name)
+    assert service["metadata"]["namespace"] == namespace
+    assert service["spec"].get("clusterIP") == "None", "a ClusterIP balances connections only"
+    assert not service["spec"].get("publishNotReadyAddresses", False)
     by_port = {p["port"]: p["name"] for p in service["spec"]["ports"]}
-    assert by_port[int(port)] == config["CA_TRITON_PROTOCOL"] == "grpc"
-    assert config["CA_TRITON_MODEL"] == TENSORRT_MODEL
+    assert by_port[port] == config["CA_TRITON_PROTOCOL"] == "grpc"
+    triton = container(workload_by_label(gpu, TRITON), "triton")
+    assert int(flag_value(triton["args"], "--grpc-port")) == container_port(triton, "grpc")
+    # No ClusterIP Service in front of Triton for anyone to fall back to.
+    assert [
+        s["metadata"]["name"]
+        for s in of_kind(gpu, "Service")
+        if selects(s["spec"]["selector"], {"app.kubernetes.io/name": TRITON})
+    ] == [name]
 
 
 def test_the_model_repository_is_where_the_gateway_looks(objects: list[Manifest]) -> None:
@@ -204,6 +219,87 @@ def test_ingress_routes_to_the_gateway_service_port(objects: list[Manifest]) -> 
             assert backend["port"]["name"] in names
 
 
+# The paths the page and the API need from outside; everything else stays in the cluster.
+PUBLIC_PATHS = {"/classify", "/v1/model", "/healthz", "/readyz", "/"}
+INTERNAL_PREFIXES = ("/metrics", "/docs", "/redoc", "/openapi.json")
+# ingress-nginx's default upstream-keepalive-timeout (controller ConfigMap), in seconds: how
+# long nginx keeps an idle connection to a gateway for reuse. docs/deploy.md says to keep it
+# below CA_KEEP_ALIVE_TIMEOUT_S when you change it.
+INGRESS_NGINX_UPSTREAM_KEEPALIVE_S = 60
+
+
+def route_paths(routes: Iterable[object]) -> Iterator[str]:
+    """Paths of routes and mounts, descending into included routers (FastAPI may wrap
+    them: `original_router`) and mounted sub-apps."""
+    for route in routes:
+        path = getattr(route, "path", None)
+        if isinstance(path, str):
+            yield path
+        inner = getattr(route, "original_router", None) or route
+        yield from route_paths(getattr(inner, "routes", None) or ())
+
+
+def app_routes() -> set[str]:
+    """Every path the real gateway app serves (schema and docs routes included)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from service.gateway.app import create_app
+
+    paths = set(route_paths(create_app(Settings()).routes))
+    assert {"/classify", "/metrics"} <= paths, f"routes not found where expected: {paths}"
+    return paths
+
+
+def nginx_matches(path: str, path_type: str, request_path: str) -> bool:
+    """Whether an Ingress path matches a request path (the Ingress API's semantics:
+    Exact is equality, Prefix matches whole path elements)."""
+    if path_type == "Exact":
+        return request_path == path
+    assert path_type == "Prefix", f"{path}: pathType {path_type} has controller-specific rules"
+    prefix = path.rstrip("/")
+    return request_path == prefix or request_path.startswith(prefix + "/") or prefix == ""
+
+
+def ingress_paths(objects: list[Manifest]) -> list[tuple[str, str]]:
+    ingress = one(objects, "Ingress", GATEWAY)
+    return [
+        (path["path"], path["pathType"])
+        for rule in ingress["spec"]["rules"]
+        for path in rule["http"]["paths"]
+    ]
+
+
+def test_ingress_exposes_the_api_and_the_page_only(objects: list[Manifest]) -> None:
+    routes = app_routes()
+    paths = ingress_paths(objects)
+    for path, path_type in paths:
+        assert any(nginx_matches(path, path_type, route) for route in routes), (
+            f"the Ingress routes {path} ({path_type}), which the gateway does not serve"
+        )
+    exposed = {r for r in routes if any(nginx_matches(p, t, r) for p, t in paths)}
+    assert exposed >= PUBLIC_PATHS, f"not reachable from outside: {PUBLIC_PATHS - exposed}"
+    internal = {r for r in routes if r.startswith(INTERNAL_PREFIXES)}
+    assert "/metrics" in internal and "/openapi.json" in internal
+    assert not exposed & internal, f"internal routes exposed: {sorted(exposed & internal)}"
+
+
+def test_ingress_and_gateway_timeouts_fit_together(objects: list[Manifest]) -> None:
+    """nginx takes the slow clients (it buffers whole requests), closes idle upstream
+    connections before the gateway does, and waits longer than the gateway's own timeout."""
+    annotations = one(objects, "Ingress", GATEWAY)["metadata"]["annotations"]
+    config = gateway_config(objects)
+    prefix = "nginx.ingress.kubernetes.io/"
+    assert annotations[prefix + "proxy-request-buffering"] == "on"
+    for key in ("CA_HEADER_TIMEOUT_S", "CA_KEEP_ALIVE_TIMEOUT_S", "CA_BODY_TIMEOUT_S"):
+        assert float(config[key]) > 0, key
+    assert float(config["CA_KEEP_ALIVE_TIMEOUT_S"]) > INGRESS_NGINX_UPSTREAM_KEEPALIVE_S, (
+        "the gateway would close idle connections nginx still reuses: sporadic 502s"
+    )
+    request_timeout = float(config["CA_REQUEST_TIMEOUT_S"])
+    assert float(annotations[prefix + "proxy-read-timeout"]) > request_timeout
+    assert 0 < float(annotations[prefix + "proxy-connect-timeout"]) <= request_timeout
+
+
 # --- scaling, disruption, shutdown -----------------------------------------------------------
 
 
@@ -229,9 +325,12 @@ def test_hpas_target_real_deployments_with_cpu_and_custom_metrics(objects: list[
     ]
 
 
-def test_triton_hpa_scales_on_its_queue(gpu: list[Manifest]) -> None:
+def test_triton_hpa_scales_on_queue_time_per_request(gpu: list[Manifest]) -> None:
     metrics = one(gpu, "HorizontalPodAutoscaler", TRITON)["spec"]["metrics"]
-    assert [m["pods"]["metric"]["name"] for m in metrics] == ["nv_inference_pending_request_count"]
+    assert [m["pods"]["metric"]["name"] for m in metrics] == [
+        "nv_inference_queue_seconds_per_request"
+    ]
+    assert metrics[0]["pods"]["target"]["type"] == "AverageValue"
 
 
 def test_pdbs_select_their_workloads(objects: list[Manifest]) -> None:
@@ -344,10 +443,11 @@ def test_init_containers_copy_the_repository_the_model_image_carries(
             assert item["command"][3].rstrip("/") in mounts
 
 
-# --- monitoring (k8s/monitoring, included by the base) ---------------------------------------
+# --- monitoring (the components in k8s/monitoring) ------------------------------------------
 
 
-def test_monitors_scrape_real_named_ports(gpu: list[Manifest]) -> None:
+def test_monitors_scrape_real_named_ports(monitored_overlays: dict[str, list[Manifest]]) -> None:
+    gpu = monitored_overlays["gpu"]
     for monitor in of_kind(gpu, "ServiceMonitor"):
         selector = monitor["spec"]["selector"]["matchLabels"]
         services = [

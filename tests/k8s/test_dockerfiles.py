@@ -21,6 +21,9 @@ from tests.k8s.manifests import DOCKER, ROOT, Manifest, container, workload_by_l
 
 DOCKERFILES = ("gateway", "builder", "triton")
 COMPOSE = ROOT / "deploy" / "docker-compose.yml"
+# The laptop stack: gateway (embedded backend) + Prometheus + Grafana, no GPU.
+COMPOSE_CPU = ROOT / "deploy" / "docker-compose.cpu.yml"
+COMPOSE_FILES = {"gpu": COMPOSE, "cpu": COMPOSE_CPU}
 
 
 def parsed(name: str) -> dockerfiles.Dockerfile:
@@ -150,13 +153,46 @@ def compose() -> Manifest:
     return data
 
 
+@pytest.fixture(scope="module")
+def compose_cpu() -> Manifest:
+    data: Manifest = yaml.safe_load(COMPOSE_CPU.read_text())
+    return data
+
+
+@pytest.fixture(params=sorted(COMPOSE_FILES))
+def any_compose(request: pytest.FixtureRequest) -> tuple[Path, Manifest]:
+    path = COMPOSE_FILES[request.param]
+    return path, yaml.safe_load(path.read_text())
+
+
 def test_compose_has_the_full_stack(compose: Manifest) -> None:
     assert {"gateway", "triton", "prometheus", "grafana"} <= set(compose["services"])
 
 
-def test_compose_builds_and_mounts_files_that_exist(compose: Manifest) -> None:
-    base = COMPOSE.parent
-    for name, service in compose["services"].items():
+def test_cpu_compose_needs_no_gpu(compose_cpu: Manifest) -> None:
+    """The laptop stack: the gateway serves the model itself, nothing asks for a GPU, and
+    Prometheus scrapes the gateway only."""
+    services = compose_cpu["services"]
+    assert set(services) == {"gateway", "prometheus", "grafana"}
+    assert services["gateway"]["environment"]["CA_BACKEND"] == "embedded"
+    assert "nvidia" not in COMPOSE_CPU.read_text()
+    assert not any("deploy" in service for service in services.values())
+    config = next(a for a in services["prometheus"]["command"] if a.startswith("--config.file="))
+    assert config.rsplit("/", 1)[-1] == "prometheus-cpu.yml"
+
+
+def test_both_stacks_run_the_same_monitoring(compose: Manifest, compose_cpu: Manifest) -> None:
+    for name in ("prometheus", "grafana"):
+        gpu, cpu = compose["services"][name], compose_cpu["services"][name]
+        assert gpu["image"] == cpu["image"], name
+        assert gpu["volumes"] == cpu["volumes"], name
+    assert compose["services"]["gateway"]["image"] == compose_cpu["services"]["gateway"]["image"]
+
+
+def test_compose_builds_and_mounts_files_that_exist(any_compose: tuple[Path, Manifest]) -> None:
+    path, data = any_compose
+    base = path.parent
+    for name, service in data["services"].items():
         build = service.get("build")
         if build:
             context = (base / build["context"]).resolve()
@@ -165,11 +201,15 @@ def test_compose_builds_and_mounts_files_that_exist(compose: Manifest) -> None:
             source = volume.split(":")[0]
             if source.startswith("."):
                 assert (base / source).exists(), f"{name}: {source}"
+        for arg in service.get("command", []):
+            if str(arg).startswith("--config.file=/etc/prometheus/"):
+                config = str(arg).removeprefix("--config.file=/etc/prometheus/")
+                assert (base / "prometheus" / config).is_file(), f"{name}: {arg}"
 
 
-def test_compose_gateway_settings_are_real(compose: Manifest) -> None:
+def test_compose_gateway_settings_are_real(any_compose: tuple[Path, Manifest]) -> None:
     fields = {f"CA_{name.upper()}" for name in Settings.model_fields}
-    for service in compose["services"].values():
+    for service in any_compose[1]["services"].values():
         for key in service.get("environment", {}):
             if key.startswith("CA_"):
                 assert key in fields, key
@@ -213,7 +253,7 @@ def test_the_tensorrt_step_command_matches_the_module(gpu: list[Manifest]) -> No
         assert flag in declared, f"{flag} unknown to service.model.tensorrt"
 
 
-def test_compose_stops_the_gateway_after_its_drain(compose: Manifest) -> None:
-    gateway = compose["services"]["gateway"]
+def test_compose_stops_the_gateway_after_its_drain(any_compose: tuple[Path, Manifest]) -> None:
+    gateway = any_compose[1]["services"]["gateway"]
     drain = float(gateway["environment"]["CA_GRACEFUL_SHUTDOWN_S"])
     assert float(gateway["stop_grace_period"].removesuffix("s")) > drain

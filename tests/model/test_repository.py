@@ -40,9 +40,9 @@ def test_committed_model_dirs_equal_a_fresh_generation(name: str) -> None:
     assert (model_dir / "labels.txt").read_text() == default_labels_path().read_text()
     assert config.name == name and config.max_batch_size == spec.max_batch_size
     assert config.output[0].label_filename == "labels.txt"
-    assert list(config.dynamic_batching.preferred_batch_size) == [4, 8, 16, 32]
+    assert config.max_batch_size == 128 and not config.dynamic_batching.preferred_batch_size
     sizes = sorted(w.batch_size for w in config.model_warmup)
-    assert sizes == (list(range(1, 33)) if kind == "torchscript" else [1, 4, 8, 16, 32])
+    assert sizes == ([1, 2, 4, 8, 16, 32, 64, 128] if kind == "torchscript" else [1, 128])
     assert all(group.kind == group.KIND_GPU for group in config.instance_group)
 
 
@@ -104,7 +104,7 @@ def test_gpu_build_writes_torchscript_and_onnx_with_matching_names(tmp_path: Pat
     assert meta["source"] == "random-init" and meta["random_init"] is True
 
 
-def test_default_weights_fall_back_to_seeded_random_loudly(
+def test_default_weights_fall_back_to_the_demo_weights_loudly(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     from service.model import repository
@@ -117,8 +117,9 @@ def test_default_weights_fall_back_to_seeded_random_loudly(
     messages: list[str] = []
     first, info = load_weights("default", messages.append)
     second, _ = load_weights("default", messages.append)
-    assert info.random_init and info.source == "random-init" and "fallback" in info.notes[0]
-    assert "RANDOM weights" in messages[0]
+    assert info.random_init and info.source == "demo-calibrated"
+    assert "labels are meaningless" in info.notes[0] and "fallback" in info.notes[1]
+    assert "DEMO weights" in messages[0] and "NOT ImageNet-trained" in messages[0]
     assert all(
         torch.equal(a, b)
         for a, b in zip(first.state_dict().values(), second.state_dict().values(), strict=True)
@@ -134,3 +135,23 @@ def test_an_explicit_checkpoint_that_fails_is_an_error_not_a_fallback(
     assert code == 1
     assert "no checkpoint file" in capsys.readouterr().err
     assert not (tmp_path / "out" / ONNX_MODEL / "1" / "model.onnx").exists()
+
+
+def test_a_checkpoint_with_other_classes_and_no_labels_is_warned_loudly(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.support.checkpoints import calibrated_network, save_released_format
+
+    checkpoint = save_released_format(calibrated_network(num_classes=10), tmp_path / "ten.pth")
+    output = tmp_path / "out"
+    code = cli_main(
+        ["build-repo", "--weights", str(checkpoint), "--target", "cpu", "--output", str(output)]
+    )
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "the checkpoint has 10 classes, not ImageNet's 1000, and no --labels file" in err
+    assert "class_0 ... class_9" in err and "Pass --labels FILE" in err
+    labels = (output / ONNX_MODEL / "labels.txt").read_text().split()
+    assert labels == [f"class_{i}" for i in range(10)]
+    assert "(target cpu: " in out and "gpu" not in out.splitlines()[0].split(":")[0]
+    assert f"{ONNX_MODEL}    ONNX (model.onnx)" in out

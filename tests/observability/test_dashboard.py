@@ -16,7 +16,7 @@ from tests.observability.artifacts import (
     load_yaml,
 )
 
-# What an SRE must find on the dashboard (issue 4), matched against panel titles.
+# What an SRE must find on the dashboard, matched against panel titles.
 REQUIRED_PANELS = (
     "Request rate",
     "Error ratios",

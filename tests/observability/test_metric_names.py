@@ -18,7 +18,7 @@ from tests.observability.artifacts import (
 
 # A raw series name, not part of a recording rule's level:metric:operation name.
 GATEWAY_NAME = re.compile(r"(?<![:\w])ca_gateway_[a-z0-9_]+(?![:\w])")
-# The contract in DESIGN.md plus the in-flight gauge.
+# The contract in docs/architecture.md (Metrics).
 CONTRACT = {
     "ca_gateway_requests_total",
     "ca_gateway_request_duration_seconds",
@@ -34,7 +34,8 @@ SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), 
 
 
 def exposed_series() -> dict[str, str]:
-    """Series name -> metric family (as in DESIGN.md) the gateway's metrics module exposes."""
+    """Series name -> metric family (as in docs/architecture.md) that the gateway's metrics
+    module exposes."""
     from service.gateway.metrics import GatewayMetrics
 
     registry = CollectorRegistry()

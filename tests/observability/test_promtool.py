@@ -28,9 +28,23 @@ def promtool(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+CONFIGS = ("prometheus.yml", "prometheus-cpu.yml")  # with Triton; gateway only
+
+
 def test_check_config() -> None:
-    result = promtool("check", "config", "prometheus.yml")
-    assert result.returncode == 0, result.stdout + result.stderr
+    for config in CONFIGS:
+        result = promtool("check", "config", config)
+        assert result.returncode == 0, config + ": " + result.stdout + result.stderr
+
+
+def test_the_cpu_config_scrapes_the_gateway_as_the_full_one_does() -> None:
+    """prometheus-cpu.yml is prometheus.yml without the Triton job: same globals, same rule
+    files, the same gateway job, so dashboards and alerts see the same labels."""
+    full, cpu = (load_yaml(PROMETHEUS_DIR / name) for name in CONFIGS)
+    jobs = {job["job_name"]: job for job in full["scrape_configs"]}
+    assert set(jobs) == {"ca-serve-gateway", "triton"}
+    assert cpu["scrape_configs"] == [jobs["ca-serve-gateway"]]
+    assert cpu["global"] == full["global"] and cpu["rule_files"] == full["rule_files"]
 
 
 def test_check_rules() -> None:

@@ -1,4 +1,4 @@
-"""Property tests of `service.gateway.preprocess` over hostile bytes: whatever the input,
+"""Property tests of `service.preprocess` over hostile bytes: whatever the input,
 the only exceptions that escape are the documented ones (`UndecodableImage` -> 400,
 `ImageTooLarge` -> 413), and a success is always one `[224, 224, 3]` uint8 array."""
 
@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from service.gateway.errors import GatewayError, ImageTooLarge, UndecodableImage
-from service.gateway.preprocess import preprocess
+from service.errors import ImageTooLarge, ServiceError, UndecodableImage
+from service.preprocess import preprocess
 from service.spec import ModelSpec
 from tests.conftest import photo_paths
 
@@ -39,13 +39,13 @@ def check(data: bytes) -> None:
     try:
         out = preprocess(data, SPEC, max_image_pixels=PIXEL_LIMIT)
     except (UndecodableImage, ImageTooLarge) as error:
-        assert error.status in (400, 413) and error.message
+        assert error.code in ("undecodable_image", "image_too_large") and error.message
         json.dumps(error.message)  # renders as JSON
         for leak in (" at 0x", ".py", "Traceback", "site-packages", "/work/", "/usr/", "/tmp/"):
             assert leak not in error.message, error.message  # no paths or addresses
         return
-    except GatewayError as error:  # pragma: no cover - a failure, shown plainly
-        raise AssertionError(f"undocumented gateway error {error.code}: {error.message}") from error
+    except ServiceError as error:  # pragma: no cover - a failure, shown plainly
+        raise AssertionError(f"undocumented service error {error.code}: {error.message}") from error
     assert out.shape == SPEC.input_shape and out.dtype == np.uint8
 
 

@@ -2,7 +2,8 @@
 
 The wheel carries a complete `tritonserver` binary and its Python backend; on these
 GPU-less machines it serves a `--target cpu` repository (ONNX Runtime behind the Python
-backend) over the real KServe v2 HTTP and gRPC protocols. See ../shared/TRITON_ON_CPU.md.
+backend) over the real KServe v2 HTTP and gRPC protocols. The paths, libraries and backend
+layout it needs: docs/architecture.md, "Tests and the real Triton on CPU".
 """
 
 from __future__ import annotations

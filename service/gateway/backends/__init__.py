@@ -4,26 +4,37 @@ from __future__ import annotations
 
 from service.gateway.backends.base import Backend, TopK, top_k_from_probs
 from service.gateway.modelinfo import ModelInfo
-from service.gateway.settings import Settings
+from service.gateway.settings import EffectiveSettings, Settings
 
 __all__ = ["Backend", "TopK", "build_backend", "top_k_from_probs"]
 
 
-def build_backend(settings: Settings, model: ModelInfo) -> Backend:
-    """The backend `settings.backend` names, not yet started."""
+def build_backend(settings: Settings, model: ModelInfo, effective: EffectiveSettings) -> Backend:
+    """The backend `settings.backend` names, not yet started. Every capacity value comes
+    from `effective` (see `settings.resolve`), the rest from `settings` by name."""
     if settings.backend == "triton":
         from service.gateway.backends.triton import TritonBackend
 
-        return TritonBackend(settings, model.spec)
+        return TritonBackend(
+            model.spec,
+            url=settings.triton_url,
+            protocol=settings.triton_protocol,
+            model=settings.triton_model,
+            version=settings.triton_model_version,
+            assumed_version=settings.triton_model_version or settings.model_version,
+            use_classification=settings.triton_use_classification,
+            timeout_s=settings.request_timeout_s,
+            health_interval_s=settings.triton_health_interval_s,
+        )
     from service.gateway.backends.embedded import EmbeddedBackend
 
     return EmbeddedBackend(
         model.onnx_path,
         model.spec,
         version=settings.model_version,
-        threads=settings.inference_workers,
-        streams=settings.max_concurrent_batches or settings.inference_workers,
+        threads=effective.inference_threads,
+        streams=effective.concurrent_batches,
         spinning=settings.inference_spinning,
         rewrite_graph=settings.inference_rewrite_graph,
-        warm_up_batch=min(settings.max_batch_size, model.spec.max_batch_size),
+        warm_up_batch=effective.max_batch_size,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -32,17 +33,22 @@ class Backend(Protocol):
     """An inference backend behind the micro-batcher.
 
     Batches are uint8 `[N, H, W, 3]` (RGB, HWC) per the model spec. Failures are raised as
-    `errors.BackendUnavailable` (503) or `errors.RequestTimeout` (504); a model that does
-    not match its spec raises `errors.ContractError` from `start()`.
+    `service.errors.BackendUnavailable` or `service.errors.RequestTimeout`; a model that
+    does not match its spec raises `service.errors.ContractError` from `start()`. Backends
+    are built from explicit arguments (`build_backend` maps the settings onto them) and
+    take their capacity values from `settings.resolve`.
     """
 
-    #: Label value for metrics: "embedded" or "triton".
+    #: What runs: "embedded" or "triton". A metrics label; `/readyz` and `/v1/model` show it.
     name: str
-    #: Batches the gateway should keep in flight at once against this backend.
-    default_concurrent_batches: int
 
     async def start(self) -> None:
         """Connect or load, and check the model's contract."""
+
+    def set_cpu_jobs_probe(self, probe: Callable[[], int]) -> None:
+        """`probe()` says how many CPU jobs of the gateway (preprocessing) are in flight
+        now, so a backend that shares the gateway's cores can yield them (a no-op for one
+        that runs elsewhere)."""
 
     async def close(self) -> None:
         """Release connections, sessions and threads."""

@@ -22,7 +22,8 @@ The rewrite computes the same function in operators that stay blocked:
   `x * clip(x + 3, 0, 6) / 6` up to float rounding).
 
 Only what matches these patterns exactly is touched; any other graph passes through
-unchanged. Measured in docs/performance.md ("Fifth session").
+unchanged. Effect: 16-22% less ONNX Runtime time per image, same outputs within float
+rounding (docs/performance.md).
 """
 
 from __future__ import annotations

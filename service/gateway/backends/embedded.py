@@ -6,7 +6,7 @@ threads (lowest latency under light load); a batch that starts while another is 
 uses a single-threaded session and runs on its executor thread only. Under load that gives
 one single-threaded ONNX Runtime stream per core: no intra-op barriers, no threads
 spinning while a peer is descheduled, and the preprocessing threads get the cycles the
-streams leave. Measured in docs/performance.md ("Changes and their effect").
+streams leave. Measured in docs/performance.md.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ import numpy as np
 import onnxruntime as ort
 from numpy.typing import NDArray
 
+from service.errors import BackendUnavailable, ContractError
 from service.gateway.backends import blocked_layout
 from service.gateway.backends.base import TopK, top_k_from_probs
-from service.gateway.errors import BackendUnavailable, ContractError
 from service.spec import ModelSpec
 
 logger = logging.getLogger("ca.gateway.backend.embedded")
@@ -54,8 +54,6 @@ class EmbeddedBackend:
         self.threads = max(1, threads)
         self.streams = max(1, streams)
         self.spinning = spinning
-        #: The batcher keeps one batch in flight per stream.
-        self.default_concurrent_batches = self.streams
         self._version = version
         self._session: ort.InferenceSession | None = None  # for a batch that runs alone
         self._single: ort.InferenceSession | None = None  # for concurrent batches
@@ -66,7 +64,8 @@ class EmbeddedBackend:
         )
 
     def set_cpu_jobs_probe(self, probe: Callable[[], int]) -> None:
-        """`probe()` says how many other CPU jobs (preprocessing) are in flight now."""
+        """`probe()` says how many other CPU jobs (preprocessing) are in flight now: a
+        batch that starts beside them runs single-threaded, leaving them the other cores."""
         self._cpu_jobs = probe
 
     async def start(self) -> None:
@@ -159,7 +158,7 @@ def open_session(model: Path | bytes, *, threads: int, spinning: bool) -> ort.In
     # No memory patterns: with them each run takes one block planned for its batch size,
     # and the arena kept growing under traffic (+45 to +87 MB from 1,000 to 10,000
     # requests with the rewritten graph); without them +2 to +14 MB, at the same speed
-    # within 2% (docs/performance.md, fifth session).
+    # within 2%.
     options.enable_mem_pattern = False
     return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
 

@@ -2,7 +2,7 @@
 
 At start-up and after every reconnect the model's metadata is checked against the spec
 (input/output names, datatypes, shapes with a batch dimension). A watcher task probes
-server and model readiness every `triton_health_interval_s`; a failed call marks the
+server and model readiness every `health_interval_s`; a failed call marks the
 backend down at once, so requests fail fast (503) and `/readyz` answers 503 until a
 probe sees Triton ready again. The gRPC channel retries connections within a second,
 so a restarted Triton is picked up without restarting the gateway.
@@ -16,20 +16,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
 from tritonclient.utils import InferenceServerException
 
+from service.errors import BackendUnavailable, ContractError, RequestTimeout, ServiceError
 from service.gateway.backends.base import TopK, top_k_from_probs
-from service.gateway.errors import (
-    BackendUnavailable,
-    ContractError,
-    GatewayError,
-    RequestTimeout,
-)
-from service.gateway.settings import Settings
 from service.spec import ModelSpec
 
 logger = logging.getLogger("ca.gateway.backend.triton")
@@ -48,27 +43,44 @@ _TRITON_DTYPES = {"uint8": "UINT8", "float32": "FP32"}
 
 
 class TritonBackend:
-    """Serves `settings.triton_model` from the Triton server at `settings.triton_url`."""
+    """Serves `model` (`version`, or the newest when empty) from the Triton server at
+    `url` over `protocol`; every call is bounded by `timeout_s`, readiness is probed every
+    `health_interval_s`. `assumed_version` is reported until Triton's metadata names the
+    version it serves."""
 
     name = "triton"
-    default_concurrent_batches = 4
 
-    def __init__(self, settings: Settings, spec: ModelSpec) -> None:
+    def __init__(
+        self,
+        spec: ModelSpec,
+        *,
+        url: str,
+        model: str,
+        version: str = "",
+        assumed_version: str = "1",
+        protocol: Literal["grpc", "http"] = "grpc",
+        use_classification: bool = True,
+        timeout_s: float = 10.0,
+        health_interval_s: float = 1.0,
+    ) -> None:
         self.spec = spec
-        self.url = settings.triton_url
-        self.protocol = settings.triton_protocol
-        self.model = settings.triton_model
-        self.version = settings.triton_model_version
-        self.use_classification = settings.triton_use_classification
-        self.timeout_s = settings.request_timeout_s
-        self.interval_s = settings.triton_health_interval_s
+        self.url = url
+        self.protocol = protocol
+        self.model = model
+        self.version = version
+        self.use_classification = use_classification
+        self.timeout_s = timeout_s
+        self.interval_s = health_interval_s
         self._client: Any = None
         self._ready = False
         self._state = "not connected yet"
-        self._served_version = settings.triton_model_version or settings.model_version
+        self._served_version = version or assumed_version
         self._contract_ok = False
         self._watcher: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+
+    def set_cpu_jobs_probe(self, probe: Callable[[], int]) -> None:
+        """Nothing to do: inference runs on Triton's machine, not on the gateway's cores."""
 
     # -- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
@@ -194,7 +206,7 @@ class TritonBackend:
         try:
             async with asyncio.timeout(self.timeout_s):
                 return await self._client.infer(self.model, [image], **kwargs)
-        except GatewayError:
+        except ServiceError:
             raise
         except TimeoutError as exc:
             raise RequestTimeout(f"triton did not answer in {self.timeout_s} s") from exc
@@ -204,7 +216,7 @@ class TritonBackend:
             self._mark_down(f"triton at {self.url} unreachable: {_short(exc)}")
             raise BackendUnavailable(f"triton unreachable: {_short(exc)}") from exc
 
-    def _translate(self, exc: InferenceServerException) -> GatewayError:
+    def _translate(self, exc: InferenceServerException) -> ServiceError:
         status = str(exc.status() or "")
         if "DEADLINE_EXCEEDED" in status:
             return RequestTimeout(f"triton did not answer in {self.timeout_s} s")
