@@ -86,6 +86,7 @@ def _assert_legitimate_traffic_served(outcomes: list[Outcome]) -> None:
     assert percentile(latencies, 0.99) < 2.5, sorted(latencies)[-5:]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("implementation", ["httptools", "h11"])
 def test_three_times_the_cap_of_slow_connections(implementation: str, tiny_repo: Path) -> None:
     settings = tiny_settings(
