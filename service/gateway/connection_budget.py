@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 import resource
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 #: The soft descriptor limit is raised to this (or the hard limit, if lower) at start.
 FD_LIMIT_TARGET = 32_768
@@ -125,12 +125,4 @@ def plan_connections(
             f"a file-descriptor limit of {fd_limit} leaves none for connections (the "
             f"reserve is {plan.reserve}); raise it (ulimit -n)"
         )
-    cap = derived if max_connections == 0 else min(max_connections, derived)
-    return ConnectionPlan(
-        fd_limit=fd_limit,
-        open_at_start=open_now,
-        backlog=backlog,
-        probe_connections=probe_connections,
-        cap=cap,
-        requested_cap=max_connections,
-    )
+    return replace(plan, cap=min(max_connections, derived) if max_connections else derived)

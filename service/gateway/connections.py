@@ -30,6 +30,7 @@ to every worker process; `protocol_class(name)` picks the subclass.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any, Literal
 
 import h11
@@ -52,7 +53,7 @@ class GatewayConfig(uvicorn.Config):
 
 def _guard(
     config: uvicorn.Config, server_state: ServerState, loop: asyncio.AbstractEventLoop,
-    head_has_bytes: Any,
+    head_has_bytes: Callable[[], bool],
 ) -> ConnectionGuard:
     policy = getattr(config, "connection_policy", None)
     if not isinstance(policy, ConnectionPolicy):
