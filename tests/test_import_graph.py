@@ -48,6 +48,8 @@ LAYER_OF = {
     "service.gateway.connection_guard": "http",
     "service.gateway.connection_table": "http",
     "service.gateway.connection_budget": "http",
+    "service.gateway.json_body": "http",
+    "service.gateway.v2": "http",  # the Open Inference Protocol: codec, contract, routes
     "service.loadgen": "loadgen",
     "service.cli": "cli",
     "clients": "clients",

@@ -24,15 +24,21 @@ from service.gateway.routes import router
 from service.gateway.runtime import Runtime
 from service.gateway.security import ApiKeys
 from service.gateway.settings import Settings
+from service.gateway.v2.routes import router as v2_router
 
 logger = logging.getLogger("ca.gateway")
 
 DESCRIPTION = """
 Image classification with CA-MobileNetV2 (MobileNetV2 with Coordinate Attention).
 
-POST an image (raw body with `Content-Type: image/jpeg|png|webp|gif|bmp|tiff`, or
-`multipart/form-data` with one or more `file` parts) to `/classify`; each image gets its
-`top_k` classes, best first. Errors are `{"error": {"code", "message"}}`.
+POST an image (raw body with `Content-Type: image/jpeg|png|webp|gif|bmp|tiff`,
+`multipart/form-data` with one or more `file` parts, or `application/json` with base64
+`instances`) to `/classify`; each image gets its `top_k` classes, best first. Errors are
+`{"error": {"code", "message"}}`.
+
+The Open Inference Protocol (KServe v2 REST, with Triton's binary tensor data and
+classification extensions) is served under `/v2`, for `tritonclient` and KServe clients;
+its errors are `{"error": "message"}`.
 """
 
 
@@ -91,6 +97,7 @@ def create_app(
     app.state.runtime = None
     install_handlers(app)
     app.include_router(router)
+    app.include_router(v2_router)
     app.include_router(apidocs.router)
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware

@@ -4,8 +4,9 @@
 takes its nearest ancestor's); the headers follow from the error (`Retry-After` for every
 `ServiceUnavailable`, `WWW-Authenticate: Bearer` for `Unauthorized`). `install_handlers`
 renders every error, including FastAPI's validation errors and Starlette's 404/405, as
-`{"error": {"code": ..., "message": ...}}`. Nothing a client sends may produce a 500: a
-500 (`internal`) means a bug in the gateway.
+`{"error": {"code": ..., "message": ...}}`, except under `/v2/`, where the Open Inference
+Protocol's clients expect `{"error": "message"}`. Nothing a client sends may produce a 500:
+a 500 (`internal`) means a bug in the gateway.
 """
 
 from __future__ import annotations
@@ -80,9 +81,21 @@ def headers_of(error: ServiceError) -> dict[str, str]:
     return {}
 
 
-def _json(status: int, code: str, message: str, headers: dict[str, str]) -> JSONResponse:
-    body = {"error": {"code": code, "message": message}}
+#: Paths that speak the Open Inference Protocol (KServe v2), whose error body is
+#: `{"error": "message"}` (the code still reaches the access log).
+V2_PREFIX = "/v2"
+
+
+def _json(
+    status: int, code: str, message: str, headers: dict[str, str], *, plain: bool = False
+) -> JSONResponse:
+    body: dict[str, object] = {"error": message if plain else {"code": code, "message": message}}
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _is_v2(request: Request) -> bool:
+    path = request.url.path
+    return path == V2_PREFIX or path.startswith(V2_PREFIX + "/")
 
 
 def error_response(error: ServiceError) -> JSONResponse:
@@ -101,6 +114,8 @@ def _validation_message(exc: RequestValidationError) -> str:
 async def _handle_service_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
     request.state.error_code = exc.code  # for the access log
+    if _is_v2(request):
+        return _json(status_of(exc), exc.code, exc.message, headers_of(exc), plain=True)
     return error_response(exc)
 
 
@@ -110,7 +125,7 @@ async def _handle_http_exception(request: Request, exc: Exception) -> JSONRespon
     cls = _FROM_STARLETTE.get(exc.status_code)
     if cls is None:  # rare statuses keep their code
         request.state.error_code = "http_error"
-        return _json(exc.status_code, "http_error", detail, {})
+        return _json(exc.status_code, "http_error", detail, {}, plain=_is_v2(request))
     return await _handle_service_error(request, cls(detail))
 
 

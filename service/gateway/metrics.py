@@ -35,9 +35,18 @@ from prometheus_client import multiprocess as prom_multiprocess
 DURATION_BUCKETS: tuple[float, ...] = tuple(0.0001 * 2**i for i in range(18))  # 100 µs..13 s
 BATCH_SIZE_BUCKETS: tuple[float, ...] = tuple(float(2**i) for i in range(11))  # 1..1024
 
-#: Every route template the app serves; anything else is counted as UNMATCHED_ROUTE.
+#: Every route label; a template not here (or in V2_VERSIONED) counts as UNMATCHED_ROUTE.
 ROUTES = ("/", "/classify", "/healthz", "/readyz", "/metrics", "/v1/model", "/docs",
-          "/docs/oauth2-redirect", "/docs/assets/{name}", "/redoc", "/openapi.json")
+          "/docs/oauth2-redirect", "/docs/assets/{name}", "/redoc", "/openapi.json",
+          "/v2", "/v2/health/live", "/v2/health/ready", "/v2/models/{model_name}",
+          "/v2/models/{model_name}/ready", "/v2/models/{model_name}/infer")
+#: The Open Inference Protocol's routes naming a version count with their unversioned
+#: twins: one label per operation, whichever form a client uses.
+V2_VERSIONED = {
+    "/v2/models/{model_name}/versions/{model_version}": "/v2/models/{model_name}",
+    "/v2/models/{model_name}/versions/{model_version}/ready": "/v2/models/{model_name}/ready",
+    "/v2/models/{model_name}/versions/{model_version}/infer": "/v2/models/{model_name}/infer",
+}
 UNMATCHED_ROUTE = "unmatched"
 BACKEND_ERROR_REASONS = ("unavailable", "timeout", "bad_response", "error")
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -91,7 +100,8 @@ class GatewayMetrics:
             ["backend", "reason"], registry=r,
         )
         # Create the known label values up front so dashboards see zeros, not gaps.
-        for route in ("/classify", "/healthz", "/readyz", "/v1/model"):
+        for route in ("/classify", "/healthz", "/readyz", "/v1/model",
+                      "/v2/models/{model_name}/infer"):
             self.requests.labels(route, "200")
             self.request_duration.labels(route)
         self.inference_duration.labels(backend)
@@ -102,6 +112,7 @@ class GatewayMetrics:
 
     @staticmethod
     def route_label(template: str | None) -> str:
+        template = V2_VERSIONED.get(template or "", template)
         return template if template in ROUTES else UNMATCHED_ROUTE
 
     def observe_request(self, route: str, status: int, duration_s: float) -> None:

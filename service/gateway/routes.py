@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 
 from service.errors import BackendUnavailable, ClientClosedRequest, InvalidParameter
+from service.gateway.json_body import base64_body_limit, parse_json_body
 from service.gateway.metrics import CONTENT_TYPE
 from service.gateway.runtime import Runtime, Upload
 from service.gateway.schemas import (
@@ -54,12 +55,42 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {status: {"model": ErrorResponse} for status in statuses}
 
 
+_B64: dict[str, Any] = {"type": "string", "format": "byte", "description": "The image, base64"}
+_JSON_BODY_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["instances"],
+    "additionalProperties": False,
+    "properties": {
+        "instances": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "image_bytes": {
+                        "type": "object",
+                        "required": ["b64"],
+                        "additionalProperties": False,
+                        "properties": {"b64": _B64},
+                    },
+                    "b64": _B64,
+                    "filename": {"type": ["string", "null"]},
+                },
+            },
+        },
+        "top_k": {"type": "integer", "minimum": 1},
+    },
+}
 _CLASSIFY_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
-        "description": "One image as the body, or multipart/form-data with 'file' parts.",
+        "description": "One image as the body, multipart/form-data with 'file' parts, or "
+        "JSON with base64 images (TF Serving / KServe v1 'instances'; 'top_k' in the body "
+        "or the query, not both with different values).",
         "content": {
             "image/*": {"schema": {"type": "string", "format": "binary"}},
+            "application/json": {"schema": _JSON_BODY_SCHEMA},
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
@@ -103,11 +134,20 @@ async def classify(
         )
     content_type = request.headers.get("content-type", "")
     kind = request_kind(content_type)
+    limit = settings.max_upload_bytes
     body = await read_body(
-        request, settings.max_upload_bytes, timeout_s=settings.body_timeout_s
+        request,
+        base64_body_limit(limit) if kind == "json" else limit,
+        timeout_s=settings.body_timeout_s,
     )
     if kind == "raw":
         uploads = [Upload(body)]
+    elif kind == "json":
+        parsed = await runtime.run_cpu(
+            parse_json_body, body, max_files=settings.max_files, max_bytes=limit
+        )
+        uploads = parsed.uploads
+        k = _body_top_k(parsed.top_k, top_k, k, model.spec.num_classes)
     else:
         uploads = await runtime.run_cpu(
             parse_multipart, body, content_type, max_files=settings.max_files
@@ -128,6 +168,19 @@ async def classify(
             for upload, ranking in zip(uploads, rankings, strict=True)
         ],
     )
+
+
+def _body_top_k(body_k: int | None, query_k: int | None, k: int, classes: int) -> int:
+    """`top_k` from a JSON body, which must agree with the query's when both are given."""
+    if body_k is None:
+        return k
+    if query_k is not None and query_k != body_k:
+        raise InvalidParameter(
+            f"top_k is {query_k} in the query and {body_k} in the body: send one"
+        )
+    if body_k > classes:
+        raise InvalidParameter(f"top_k must be between 1 and {classes}, got {body_k}")
+    return body_k
 
 
 async def until_disconnected(request: Request, work: Awaitable[T]) -> T:

@@ -30,7 +30,7 @@ from service.errors import (
     ServiceError,
     ShuttingDown,
 )
-from service.gateway.backends import Backend, build_backend
+from service.gateway.backends import Backend, build_backend, top_k_from_probs
 from service.gateway.batching import (
     ADMISSION_HEADROOM,
     BatcherClosedError,
@@ -56,6 +56,11 @@ class Upload:
 
     data: bytes
     filename: str | None = None
+
+
+#: An image for `Runtime.classify`: encoded bytes to preprocess, or a preprocessed uint8
+#: array shaped `spec.input_shape` (C-contiguous or not; batches are stacked copies).
+ImageInput = Upload | NDArray[np.uint8]
 
 
 class _Item(NamedTuple):
@@ -95,7 +100,7 @@ class Runtime:
             backend = build_backend(settings, model, effective)
         await backend.start()
         batcher: MicroBatcher[_Item, Ranking] = MicroBatcher(
-            batch_function(backend, metrics),
+            batch_function(backend, metrics, num_classes=model.spec.num_classes),
             max_batch_size=effective.max_batch_size,
             max_batch_delay_s=settings.max_batch_delay_ms / 1000.0,
             max_queue=settings.max_queue,
@@ -132,8 +137,9 @@ class Runtime:
         finally:
             self.cpu_jobs -= 1
 
-    async def classify(self, uploads: Sequence[Upload], k: int) -> list[Ranking]:
-        """Top-`k` rankings, one per upload in order, within `request_timeout_s`.
+    async def classify(self, uploads: Sequence[ImageInput], k: int) -> list[Ranking]:
+        """Top-`k` rankings, one per image in order, within `request_timeout_s`. An
+        `Upload` is decoded and preprocessed first; an array is taken as preprocessed.
 
         Raises the upload's own `ServiceError` for a bad image, `BackendUnavailable` or
         `ShuttingDown` (fast, before any work), `Overloaded`, `RequestTimeout`.
@@ -192,16 +198,22 @@ class Runtime:
             average = self._preprocess_s
             self._preprocess_s = 0.9 * average + 0.1 * took if average else took
 
-    async def _preprocess_all(self, uploads: Sequence[Upload]) -> list[NDArray[np.uint8]]:
+    async def _preprocessed(self, image: ImageInput) -> NDArray[np.uint8]:
+        if isinstance(image, Upload):
+            return await self.run_cpu(self._preprocess_timed, image.data)
+        return image
+
+    async def _preprocess_all(self, uploads: Sequence[ImageInput]) -> list[NDArray[np.uint8]]:
         results = await asyncio.gather(
-            *(self.run_cpu(self._preprocess_timed, upload.data) for upload in uploads),
+            *(self._preprocessed(upload) for upload in uploads),
             return_exceptions=True,
         )
         images: list[NDArray[np.uint8]] = []
         for number, (upload, result) in enumerate(zip(uploads, results, strict=True), 1):
             if isinstance(result, ServiceError):
                 if len(uploads) > 1:
-                    name = f" ({upload.filename})" if upload.filename else ""
+                    filename = upload.filename if isinstance(upload, Upload) else None
+                    name = f" ({filename})" if filename else ""
                     result.message = f"file {number}{name}: {result.message}"
                 raise result
             if isinstance(result, BaseException):
@@ -239,9 +251,11 @@ class Runtime:
                 self.metrics.queue_depth.set(self.batcher.depth)
 
 def batch_function(
-    backend: Backend, metrics: GatewayMetrics
+    backend: Backend, metrics: GatewayMetrics, *, num_classes: int | None = None
 ) -> Callable[[Sequence[_Item]], Awaitable[list[Ranking]]]:
-    """The batcher's function: one backend call for a batch, a ranking per item."""
+    """The batcher's function: one backend call for a batch, a ranking per item. A batch
+    that ranks all `num_classes` classes asks the backend for the probabilities themselves
+    (a server-side top-k may round them: Triton's classification strings have 6 decimals)."""
 
     async def run_batch(items: Sequence[_Item]) -> list[Ranking]:
         start = time.perf_counter()
@@ -250,7 +264,10 @@ def batch_function(
         batch = np.stack([item.image for item in items])
         k = max(item.k for item in items)
         try:
-            top = await backend.top_k(batch, k)
+            if num_classes is not None and k >= num_classes:
+                top = top_k_from_probs(await backend.infer(batch), k)
+            else:
+                top = await backend.top_k(batch, k)
         except ServiceError as exc:
             metrics.backend_error(_reason(exc))
             raise

@@ -1,7 +1,8 @@
 """From an HTTP request to a list of encoded images, within the upload limits.
 
-Two request shapes are accepted: one image as the raw body (`Content-Type: image/...`),
-or `multipart/form-data` with one or more parts named `file`. The body is read with a
+Three request shapes are accepted: one image as the raw body (`Content-Type: image/...`),
+`multipart/form-data` with one or more parts named `file`, or `application/json` with
+base64 images (parsed by `json_body.py`). The body is read with a
 byte limit (checked against `Content-Length` first, then while streaming, so chunked
 uploads cannot get around it); multipart bodies are parsed with python-multipart's
 streaming parser so binary parts are never decoded as text. A part's file name is
@@ -70,17 +71,20 @@ def media_type(header: str | None) -> str:
     return (header or "").split(";", 1)[0].strip().lower()
 
 
-def request_kind(content_type: str | None) -> Literal["raw", "multipart"]:
+def request_kind(content_type: str | None) -> Literal["raw", "multipart", "json"]:
     """Which shape the body has; raises `UnsupportedMediaType` (415) for anything else."""
     mime = media_type(content_type)
     if mime == "multipart/form-data":
         return "multipart"
+    if mime == "application/json":
+        return "json"
     if mime in RAW_IMAGE_TYPES:
         return "raw"
     shown = mime[:80] or "none"
     raise UnsupportedMediaType(
         f"Content-Type {shown!r} is not supported: send image/jpeg, png, webp, gif, bmp or "
-        "tiff as the body, or multipart/form-data with 'file' parts"
+        "tiff as the body, multipart/form-data with 'file' parts, or application/json "
+        "with base64 'instances'"
     )
 
 

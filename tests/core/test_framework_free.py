@@ -44,6 +44,9 @@ def modules_loaded_by(module: str) -> list[str]:
         "service.gateway.runtime",
         "service.gateway.backends.embedded",
         "service.gateway.backends.triton",
+        "service.gateway.v2.codec",
+        "service.gateway.v2.parse",
+        "service.gateway.v2.contract",
     ],
 )
 def test_core_modules_import_no_web_framework(module: str) -> None:

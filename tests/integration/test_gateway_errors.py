@@ -184,10 +184,15 @@ def test_413_too_many_files(http: httpx.Client) -> None:
 
 
 # -- 415 ------------------------------------------------------------------------------
-@pytest.mark.parametrize("ctype", ["text/plain", "application/json", "image/svg+xml", ""])
+@pytest.mark.parametrize("ctype", ["text/plain", "application/xml", "image/svg+xml", ""])
 def test_415_unsupported_content_type(http: httpx.Client, ctype: str) -> None:
     assert_error(raw(http, png(), ctype), 415, "unsupported_media_type")
     assert_still_serving(http)
+
+
+def test_an_image_sent_as_json_is_not_json(http: httpx.Client) -> None:
+    error = assert_error(raw(http, png(), "application/json"), 400, "bad_request")
+    assert "not valid JSON" in error["message"]
 
 
 def test_415_multipart_part_declared_as_text(http: httpx.Client) -> None:
