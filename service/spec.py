@@ -11,6 +11,7 @@ Torch-free on purpose: the gateway imports this module.
 from __future__ import annotations
 
 import json
+import urllib.parse
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -120,6 +121,21 @@ class WeightsInfo:
             return None
         data = json.loads(path.read_text())
         return cls(**data)
+
+
+def public_source(source: str) -> str:
+    """What may be shown of where weights came from: a URL without credentials, query or
+    fragment (a signed URL carries its token there); the base name of a file path, never
+    the directories of the machine that built or serves the model; a plain label
+    (`random-init`) as it is."""
+    parts = urllib.parse.urlsplit(source)
+    if parts.scheme not in ("", "file") and parts.netloc:
+        host = parts.hostname or ""
+        if parts.port is not None:
+            host = f"{host}:{parts.port}"
+        return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
+    path = parts.path if parts.scheme == "file" else source
+    return path.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
 
 
 def load_labels(path: Path, expected: int | None = None) -> list[str]:

@@ -44,6 +44,10 @@ LAYER_OF = {
     "service.gateway.middleware": "http",
     "service.gateway.http_errors": "http",
     "service.gateway.server": "http",
+    "service.gateway.connections": "http",
+    "service.gateway.connection_guard": "http",
+    "service.gateway.connection_table": "http",
+    "service.gateway.connection_budget": "http",
     "service.gateway.json_body": "http",
     "service.gateway.v2": "http",  # the Open Inference Protocol: codec, contract, routes
     "service.loadgen": "loadgen",

@@ -8,11 +8,11 @@ then checked against the spec through Triton's model metadata.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from service.gateway.settings import Settings
-from service.spec import ModelSpec, SpecError, WeightsInfo, load_labels
+from service.spec import ModelSpec, SpecError, WeightsInfo, load_labels, public_source
 
 logger = logging.getLogger("ca.gateway.model")
 
@@ -42,6 +42,8 @@ def load_model_info(settings: Settings) -> ModelInfo:
         weights = WeightsInfo.load(model_dir / version)
     except (ValueError, TypeError) as exc:
         raise SpecError(f"{model_dir / version} has an unreadable weights.json: {exc}") from exc
+    if weights is not None:  # a repository built before sources were recorded as names
+        weights = replace(weights, source=public_source(weights.source))
     if weights is None:
         logger.warning("no weights.json under %s: weights source unknown", model_dir / version)
     elif weights.random_init:

@@ -1,6 +1,8 @@
 """Run the gateway under uvicorn: `serve(settings)` is what `ca-serve serve` calls.
 
-uvloop and httptools are used when installed. On SIGTERM uvicorn stops accepting
+uvloop is used when installed; the HTTP protocol is uvicorn's httptools or h11 one with
+the gateway's connection deadlines and cap (`connections.py`), sized at start from the
+process's descriptor limit (`connection_budget.py`). On SIGTERM uvicorn stops accepting
 connections and waits up to `graceful_shutdown_s` for in-flight requests; the app's
 lifespan then finishes whatever is still queued before the process exits, with status 0
 (1 if the app's shutdown failed).
@@ -21,6 +23,9 @@ from fastapi import FastAPI
 from uvicorn.supervisors import Multiprocess
 
 from service.gateway.app import create_app
+from service.gateway.connection_budget import ConnectionPlan, plan_connections, raise_fd_limit
+from service.gateway.connection_guard import ConnectionPolicy
+from service.gateway.connections import GatewayConfig, protocol_class
 from service.gateway.logs import configure_logging
 from service.gateway.metrics import mark_process_dead
 from service.gateway.settings import Settings
@@ -35,12 +40,40 @@ def app_from_environment() -> FastAPI:
     return create_app(settings, freeze_startup_objects=True)
 
 
-def uvicorn_config(settings: Settings) -> uvicorn.Config:
+def connection_plan(settings: Settings) -> ConnectionPlan:
+    """Raise the soft descriptor limit, size the connection cap from it and log both."""
+    raise_fd_limit()
+    plan = plan_connections(settings.max_connections, settings.probe_connections)
+    logger.info("connections: %s", plan.describe())
+    if plan.clamped:
+        logger.warning(
+            "CA_MAX_CONNECTIONS=%d does not fit the descriptor limit: capped at %d",
+            settings.max_connections, plan.cap,
+        )
+    return plan
+
+
+def uvicorn_config(settings: Settings, plan: ConnectionPlan | None = None) -> uvicorn.Config:
+    if plan is None:
+        plan = plan_connections(settings.max_connections, settings.probe_connections)
+    policy = ConnectionPolicy(
+        header_timeout_s=settings.header_timeout_s,
+        keep_alive_timeout_s=settings.keep_alive_timeout_s,
+        send_timeout_s=settings.send_timeout_s,
+        max_header_bytes=settings.max_header_bytes,
+        cap=plan.cap,
+        probe_slots=settings.probe_connections,
+        retry_after_s=settings.retry_after_s,
+    )
     common = {
         "host": settings.host,
         "port": settings.port,
         "loop": "uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
-        "http": "httptools" if importlib.util.find_spec("httptools") else "h11",
+        "http": protocol_class(settings.http_implementation),
+        "ws": "none",  # no WebSocket routes; an upgraded connection would leave the table
+        "timeout_keep_alive": settings.keep_alive_timeout_s,
+        "h11_max_incomplete_event_size": settings.max_header_bytes,
+        "backlog": plan.backlog,
         "lifespan": "on",
         "access_log": False,  # the app writes its own structured access log
         "server_header": False,
@@ -49,13 +82,16 @@ def uvicorn_config(settings: Settings) -> uvicorn.Config:
         "timeout_graceful_shutdown": int(settings.graceful_shutdown_s),
     }
     if settings.workers > 1:
-        return uvicorn.Config(
+        return GatewayConfig(
             "service.gateway.server:app_from_environment",
             factory=True,
             workers=settings.workers,
-            **common,  # type: ignore[arg-type]
+            connection_policy=policy,
+            **common,
         )
-    return uvicorn.Config(create_app(settings, freeze_startup_objects=True), **common)  # type: ignore[arg-type]
+    return GatewayConfig(
+        create_app(settings, freeze_startup_objects=True), connection_policy=policy, **common
+    )
 
 
 def serve(settings: Settings) -> None:
@@ -68,7 +104,7 @@ def serve(settings: Settings) -> None:
         )
         # Workers re-read settings from the environment: carry host/port overrides over.
         os.environ["CA_HOST"], os.environ["CA_PORT"] = settings.host, str(settings.port)
-    config = uvicorn_config(settings)
+    config = uvicorn_config(settings, connection_plan(settings))
     if settings.workers > 1:
         _Supervisor(config, sockets=[config.bind_socket()]).run()
     else:

@@ -93,6 +93,40 @@ class Settings(BaseSettings):
         default=60.0, gt=0.0, description="How long a client may take to send its body; then 408"
     )
 
+    # Connections (service/gateway/connections.py; docs/reliability.md, "Connection-level
+    # limits"). A gateway reachable without a proxy in front must bound what a client can
+    # hold by connecting and then sending nothing, or too little.
+    http_implementation: Literal["auto", "httptools", "h11"] = Field(
+        default="auto", description="uvicorn's HTTP parser; auto: httptools when installed"
+    )
+    header_timeout_s: float = Field(
+        default=5.0, gt=0.0,
+        description="How long a connection may take to deliver a complete request head "
+        "(from connecting, or from the first byte of a next request); then it is closed",
+    )
+    keep_alive_timeout_s: float = Field(
+        default=5.0, gt=0.0,
+        description="How long a connection may sit idle between requests; then it is closed",
+    )
+    send_timeout_s: float = Field(
+        default=10.0, gt=0.0,
+        description="How long a client may leave unread what the gateway sends (a full "
+        "buffer, or a close waiting to flush); then the connection is dropped",
+    )
+    max_connections: int = Field(
+        default=0, ge=0,
+        description="Open connections per process; 0 derives it from the file-descriptor "
+        "limit. At the cap the connection idle longest is closed to make room",
+    )
+    max_header_bytes: int = Field(
+        default=32 * 1024, ge=1024,
+        description="The largest request line plus headers accepted; larger gets 431 (h11: 400)",
+    )
+    probe_connections: int = Field(
+        default=16, ge=1,
+        description="Connections kept beyond the cap for /healthz, /readyz and /metrics only",
+    )
+
     # Security.
     api_keys: Annotated[tuple[str, ...], NoDecode] = ()
     cors_origins: Annotated[tuple[str, ...], NoDecode] = ()

@@ -52,6 +52,7 @@ from service.spec import (
     WeightsInfo,
     default_labels_path,
     load_labels,
+    public_source,
 )
 from service.verification import verification_batch
 
@@ -142,7 +143,11 @@ def load_weights(weights: str, warn: Progress) -> tuple[CAMobileNetV2, WeightsIn
             raise
         warn(fallback_warning(str(exc)))
         return demo_weights([f"fallback: {exc}"])
-    return network, WeightsInfo(source=str(source), random_init=False, sha256=sha256_of(path))
+    # The URL or the file's name: the build machine's directories are nobody's business,
+    # and the repository is served (GET /v1/model); the sha256 identifies the file.
+    return network, WeightsInfo(
+        source=public_source(str(source)), random_init=False, sha256=sha256_of(path)
+    )
 
 
 def write_model_dir(

@@ -4,7 +4,8 @@
 
 - `GatewayServer(settings)` runs `service.gateway.server.serve(settings)` in a child
   process (settings passed as `CA_*` environment variables; port chosen free). Use it for
-  anything that needs a real process: SIGTERM, several workers, logs on stderr.
+  anything that needs a real process: SIGTERM, several workers, logs on stderr, a
+  lowered descriptor limit (`rlimit_nofile`).
 - `GatewayServer(settings, app=create_app(settings, backend=fake))` runs a given ASGI app
   under uvicorn in a thread of the test process, for fakes injected into the app.
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -63,6 +65,7 @@ class GatewayServer:
         extra_env: dict[str, str] | None = None,
         wait_ready: bool = True,
         start_timeout_s: float = 60.0,
+        rlimit_nofile: int | None = None,
     ) -> None:
         self.port = free_port()
         self.settings = settings.model_copy(update={"host": "127.0.0.1", "port": self.port})
@@ -70,6 +73,7 @@ class GatewayServer:
         self.extra_env = dict(extra_env or {})
         self.wait_ready = wait_ready
         self.start_timeout_s = start_timeout_s
+        self.rlimit_nofile = rlimit_nofile  # the child's soft and hard descriptor limit
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = Path(tempfile.mkstemp(prefix="ca-gateway-", suffix=".log")[1])
         self._server: uvicorn.Server | None = None
@@ -97,6 +101,12 @@ class GatewayServer:
             "from service.gateway.server import serve; "
             "from service.gateway.settings import Settings; serve(Settings())"
         )
+        limit = self.rlimit_nofile
+
+        def set_limit() -> None:  # runs in the child, between fork and exec
+            if limit is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-c", code],
@@ -104,6 +114,7 @@ class GatewayServer:
                 stderr=subprocess.STDOUT,
                 env=env,
                 cwd=REPO_ROOT,
+                preexec_fn=set_limit if limit is not None else None,
             )
 
     def _start_thread(self) -> None:
