@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from service.gateway.settings import Settings
+from service.spec import ONNX_MODEL
 from tests.integration.test_gateway_embedded import (
     Reference,
     answer,
@@ -66,7 +67,12 @@ def test_top5_through_triton_equals_the_served_model(
     http: httpx.Client, photos: list[Path], reference: Reference
 ) -> None:
     assert_photos_answered_as_the_reference(http, photos, reference)
-    assert http.get("/readyz").json() == {"status": "ready", "backend": "triton", "detail": "ready"}
+    assert http.get("/readyz").json() == {
+        "status": "ready",
+        "backend": "triton",
+        "model": {"name": ONNX_MODEL, "version": "1"},
+        "detail": "ready: 1 of 1 triton endpoints",
+    }
 
 
 def test_http_protocol_and_full_probabilities(
