@@ -34,16 +34,18 @@ def free_port(host: str = "127.0.0.1") -> int:
 def free_port_on(hosts: list[str]) -> int:
     """A TCP port free on every one of `hosts` (servers on several loopback addresses
     behind one DNS name share their ports, as pods behind a headless Service do)."""
+    error: OSError | None = None
     for _ in range(100):
         port = free_port(hosts[0])
         try:
             for host in hosts[1:]:
                 with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
                     sock.bind((host, port))
-        except OSError:
+        except OSError as exc:
+            error = exc
             continue
         return port
-    raise RuntimeError(f"no port free on all of {hosts}")
+    raise RuntimeError(f"no port free on all of {hosts}: {error}")
 
 
 def site_packages() -> Path:
