@@ -10,9 +10,14 @@
 # WEIGHTS is what `build-repo --weights` takes: `default` (the authors' release), a URL,
 # or `random` (loudly marked as such in the repository). The export is verified against
 # eager PyTorch while the image builds, so a bad checkpoint fails the build, not a pod.
+# CA_SERVE_VERSION defaults to deploy/versions.env (a test checks it); the images' tag.
 ARG PYTHON_VERSION=3.11
+ARG CA_SERVE_VERSION=0.1.0
 
 FROM python:${PYTHON_VERSION}-slim-bookworm AS builder
+ARG CA_SERVE_VERSION
+LABEL org.opencontainers.image.title="ca-serve-builder" \
+      org.opencontainers.image.version="${CA_SERVE_VERSION}"
 # The Makefile's pin. The CPU index: PyPI's default Linux wheel is the multi-GB CUDA build.
 ARG TORCH_VERSION=2.13.0
 ENV PIP_NO_CACHE_DIR=1 \
@@ -26,7 +31,8 @@ COPY pyproject.toml README.md ./
 COPY service ./service
 COPY clients ./clients
 COPY model_repository ./model_repository
-RUN pip install ".[model]"
+COPY deploy/docker/constraints.txt /tmp/constraints.txt
+RUN pip install -c /tmp/constraints.txt ".[model]" && rm /tmp/constraints.txt
 RUN groupadd --system --gid 10001 ca-serve \
     && useradd --system --uid 10001 --gid 10001 --create-home --home-dir /home/ca-serve ca-serve
 USER 10001:10001
@@ -46,6 +52,9 @@ RUN ca-serve build-repo --weights "${WEIGHTS}" --target gpu \
 # The model image: only the repository and a shell to copy it, for init containers
 # (`cp -R /opt/ca-serve/model_repository/. /models/`).
 FROM busybox:1.37 AS model
+ARG CA_SERVE_VERSION
+LABEL org.opencontainers.image.title="ca-serve-model" \
+      org.opencontainers.image.version="${CA_SERVE_VERSION}"
 # The mount point, writable by whichever uid copies into it (docker compose initialises
 # its named volume from this directory; Kubernetes mounts an emptyDir over it).
 RUN mkdir -m 0777 /models

@@ -76,15 +76,19 @@ class BuildReport:
 
 
 def model_specs(num_classes: int = 1000) -> dict[triton_config.Kind, ModelSpec]:
-    """The spec of each model. libtorch binds tensors by the `<name>__<index>` convention."""
-    onnx = ModelSpec(name=ONNX_MODEL, num_classes=num_classes)
+    """The spec of each model. libtorch binds tensors by the `<name>__<index>` convention.
+    GPU models batch up to `GPU_MAX_BATCH_SIZE`, the CPU one up to `CPU_MAX_BATCH_SIZE`
+    (`triton_config` says why); the gateway caps its own batches by the spec's."""
+    onnx = ModelSpec(
+        name=ONNX_MODEL, num_classes=num_classes, max_batch_size=triton_config.GPU_MAX_BATCH_SIZE
+    )
     return {
         "torchscript": replace(
             onnx, name=TORCHSCRIPT_MODEL, input_name="IMAGE__0", output_name="PROBS__0"
         ),
         "onnx": onnx,
         "tensorrt": replace(onnx, name=TENSORRT_MODEL),
-        "python_onnx": onnx,
+        "python_onnx": replace(onnx, max_batch_size=triton_config.CPU_MAX_BATCH_SIZE),
     }
 
 
@@ -224,5 +228,5 @@ def _tensorrt_step(output: Path, requested: bool, progress: Progress) -> str:
             "`python -m service.model.tensorrt --repository DIR`"
         )
     with _step(progress, "building the TensorRT plan (FP16)"):
-        plan = trt_build.build_for_repository(output)
-    return f"TensorRT plan written to {plan}"
+        outcome = trt_build.build_for_repository(output, report=progress)
+    return f"TensorRT plan written to {outcome.plan}, verified against ONNX Runtime CPU"

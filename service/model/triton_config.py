@@ -6,6 +6,7 @@ a config that does not fit Triton's schema fails here, at build time, not in the
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Literal
 
@@ -16,8 +17,6 @@ from service.spec import ModelSpec
 
 Kind = Literal["torchscript", "onnx", "tensorrt", "python_onnx"]
 
-# Batch sizes the dynamic batcher prefers to form; a batch that waits out the queue delay
-# may still have any size from 1 to max_batch_size.
 QUEUE_DELAY_US = 2000
 ORT_TRT_CACHE = "/tmp/ca-serve-ort-trt-cache"
 CONFIG_FILE = "config.pbtxt"  # in each model's directory
@@ -28,19 +27,77 @@ CONFIG_FILE = "config.pbtxt"  # in each model's directory
 # model does.
 CUDA_EP_OPTIONS = {"use_tf32": "0"}
 
+# Largest batch per model. GPU: 128. On the H200 (docs/performance.md) batch 128 gave
+# ~1.3x the images/s of batch 32 in FP32 (ONNX Runtime CUDA 6,702 vs 5,087) and ~1.7x in
+# FP16 (TorchScript 11,813 vs 7,046) for 11-19 ms per batch, far inside the queue budget
+# below. CPU: 32; past a few images a batch stops paying on a CPU (15 core-ms/image at
+# batch 2-4, 40-50 at 32 with two threads), so a larger one only adds latency.
+GPU_MAX_BATCH_SIZE = 128
+CPU_MAX_BATCH_SIZE = 32
 
-def preferred_batch_sizes(max_batch_size: int) -> list[int]:
-    sizes = [size for size in (4, 8, 16, 32, 64, 128) if size <= max_batch_size]
-    return sizes if max_batch_size in sizes else [*sizes, max_batch_size]
+# Triton's queue: a request that waited `timeout` is rejected (REJECT: an error the gateway
+# can retry on another pod at once), and a full queue rejects at the door.
+# GPU, 500 ms: one batch of 128 runs in 11-19 ms, so a request that waited 500 ms is
+# 25-45 batches behind: the pod is overloaded, and the request still has ~9.5 s of the
+# gateway's 10 s (`CA_REQUEST_TIMEOUT_S`) for its retry elsewhere.
+# CPU, 5 s: a CPU runs a full batch in 0.25-1 s, so a sub-second budget would reject as
+# soon as two gateway batches queue; half the gateway's 10 s still leaves the retry room.
+# `allow_timeout_override`: a request may ask for a shorter wait (its own deadline), never
+# a longer one (Triton takes the smaller of the two). REJECT is the enum's zero value, so
+# config.pbtxt does not print `timeout_action`; Triton reads it as REJECT all the same.
+GPU_QUEUE_TIMEOUT_S = 0.5
+CPU_QUEUE_TIMEOUT_S = 5.0
+# Images per request the queue bound assumes: under load the GPU overlay's gateways send
+# full batches of CA_MAX_BATCH_SIZE (k8s/overlays/gpu/gateway-config.env).
+IMAGES_PER_REQUEST = 32
+# Images/s each model serves at its largest batch, the throughput the queue drains at.
+# H200 (docs/performance.md, batch 128): TorchScript FP32 6,737, ONNX Runtime CUDA FP32
+# 6,702 (the ONNX model's TensorRT EP is unmeasured, so its FP32 fallback counts), the
+# TensorRT FP16 plan unmeasured, so TorchScript FP16's 11,813 stands in for it. CPU: the
+# 2-vCPU VM's ~100 images/s.
+IMAGES_PER_S: dict[Kind, float] = {
+    "torchscript": 6_737,
+    "onnx": 6_702,
+    "tensorrt": 11_813,
+    "python_onnx": 100,
+}
+
+
+def is_gpu(kind: Kind) -> bool:
+    return kind != "python_onnx"
+
+
+def queue_timeout_s(kind: Kind) -> float:
+    return GPU_QUEUE_TIMEOUT_S if is_gpu(kind) else CPU_QUEUE_TIMEOUT_S
+
+
+def max_queue_size(kind: Kind, max_batch_size: int) -> int:
+    """Requests Triton queues before rejecting at the door: what the model drains within
+    its queue timeout when requests carry `IMAGES_PER_REQUEST` images, and never fewer
+    than `max_batch_size`, so that single-image requests still fill a whole batch."""
+    drained = math.ceil(queue_timeout_s(kind) * IMAGES_PER_S[kind] / IMAGES_PER_REQUEST)
+    return max(max_batch_size, drained)
+
+
+# libtorch's profiling executor profiles a new input shape on its first run and compiles an
+# optimised graph on the next (one profiled run, torch's default), so each size is warmed
+# twice. It compiles its first two shapes as static and the next ten as dynamic (the default
+# fusion strategy [("STATIC", 2), ("DYNAMIC", 10)]), then stops specialising: warming more
+# than a dozen sizes buys nothing. The powers of two up to the largest batch (8 sizes for
+# 128) spend those specialisations before traffic does, and a batch size in between then
+# meets a dynamic-shape graph already compiled.
+TORCHSCRIPT_WARMUP_RUNS = 2
 
 
 def warmup_batch_sizes(kind: Kind, max_batch_size: int) -> list[int]:
-    """libtorch re-optimises its graph for every new input shape and stalls for seconds on
-    the first request of each batch size, so it is warmed at every size the batcher can
-    form; the other backends are warmed at the sizes that build or select their kernels."""
+    """Sizes warmed at load: libtorch, the powers of two up to `max_batch_size` (and it);
+    the others 1 and `max_batch_size`, in that order, so ONNX Runtime's TensorRT EP ends
+    with an engine whose shape range spans every batch and a TensorRT plan has touched both
+    ends of its optimisation profile."""
     if kind == "torchscript":
-        return list(range(1, max_batch_size + 1))
-    return sorted({1, *preferred_batch_sizes(max_batch_size)})
+        sizes = {1 << i for i in range(max_batch_size.bit_length()) if 1 << i <= max_batch_size}
+        return sorted({*sizes, max_batch_size})
+    return sorted({1, max_batch_size})
 
 
 def build_config(kind: Kind, spec: ModelSpec) -> pb.ModelConfig:
@@ -54,10 +111,18 @@ def build_config(kind: Kind, spec: ModelSpec) -> pb.ModelConfig:
         dims=[spec.num_classes],
         label_filename=spec.labels_file,  # enables the classification extension (class_count)
     )
-    config.dynamic_batching.preferred_batch_size.extend(preferred_batch_sizes(spec.max_batch_size))
-    config.dynamic_batching.max_queue_delay_microseconds = QUEUE_DELAY_US
+    # No preferred_batch_size: Triton's guidance keeps it for models whose particular sizes
+    # are much faster (TensorRT with one profile per size); these have one profile or none,
+    # so the batcher forms the largest batch it can, up to max_batch_size.
+    batching = config.dynamic_batching
+    batching.max_queue_delay_microseconds = QUEUE_DELAY_US
+    policy = batching.default_queue_policy
+    policy.timeout_action = pb.ModelQueuePolicy.REJECT
+    policy.default_timeout_microseconds = round(queue_timeout_s(kind) * 1_000_000)
+    policy.allow_timeout_override = True
+    policy.max_queue_size = max_queue_size(kind, spec.max_batch_size)
 
-    gpu = kind != "python_onnx"
+    gpu = is_gpu(kind)
     config.instance_group.add(
         count=1, kind=pb.ModelInstanceGroup.KIND_GPU if gpu else pb.ModelInstanceGroup.KIND_CPU
     )
@@ -89,7 +154,10 @@ def build_config(kind: Kind, spec: ModelSpec) -> pb.ModelConfig:
         _parameter(config, "intra_op_threads", "0")
 
     for size in warmup_batch_sizes(kind, spec.max_batch_size):
-        warmup = config.model_warmup.add(name=f"{spec.name}_batch_{size}", batch_size=size, count=1)
+        runs = TORCHSCRIPT_WARMUP_RUNS if kind == "torchscript" else 1
+        warmup = config.model_warmup.add(
+            name=f"{spec.name}_batch_{size}", batch_size=size, count=runs
+        )
         warmup.inputs[input_name].data_type = pb.TYPE_UINT8
         warmup.inputs[input_name].dims.extend(spec.input_shape)
         warmup.inputs[input_name].random_data = True

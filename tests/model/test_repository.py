@@ -40,9 +40,9 @@ def test_committed_model_dirs_equal_a_fresh_generation(name: str) -> None:
     assert (model_dir / "labels.txt").read_text() == default_labels_path().read_text()
     assert config.name == name and config.max_batch_size == spec.max_batch_size
     assert config.output[0].label_filename == "labels.txt"
-    assert list(config.dynamic_batching.preferred_batch_size) == [4, 8, 16, 32]
+    assert config.max_batch_size == 128 and not config.dynamic_batching.preferred_batch_size
     sizes = sorted(w.batch_size for w in config.model_warmup)
-    assert sizes == (list(range(1, 33)) if kind == "torchscript" else [1, 4, 8, 16, 32])
+    assert sizes == ([1, 2, 4, 8, 16, 32, 64, 128] if kind == "torchscript" else [1, 128])
     assert all(group.kind == group.KIND_GPU for group in config.instance_group)
 
 

@@ -1,4 +1,6 @@
-"""TensorRT and CUDA agreement: need a GPU, so they skip cleanly on CPU-only machines."""
+"""TensorRT: the GPU agreement tests (skipped without CUDA and TensorRT), and on CPU the
+builder's flags and profile (a stand-in `tensorrt` module), the version check on recorded
+`/proc` and `ldd` text, and the plan checks that run before a plan executes."""
 
 from __future__ import annotations
 
@@ -10,11 +12,14 @@ import pytest
 import torch
 
 from service.model import tensorrt as trt_build
-from service.model import triton_config
+from service.model import tensorrt_version, triton_config
 from service.model.export import eager_runner, same_ranking
+from service.model.plan_check import PLAN_PROBS_ATOL
 from service.model.repository import build_repository, model_specs
 from service.model.served import ServedModel
+from service.spec import ONNX_MODEL, TENSORRT_MODEL
 from service.verification import verification_batch
+from tests.model.plan_standin import make_repository
 from tests.support.checkpoints import calibrated_network, save_released_format
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -93,44 +98,41 @@ def test_onnx_agrees_with_eager_on_cuda(
 
 @pytest.mark.gpu
 @needs_tensorrt
-def test_tensorrt_plan_builds_and_agrees(tmp_path: Path) -> None:
-    spec = model_specs()["onnx"]
+def test_tensorrt_plan_builds_verifies_and_is_cached(tmp_path: Path) -> None:
+    """The init step's own path on a real GPU: version check, build, the check against
+    ONNX Runtime CPU, the cache; then the plan run directly against eager PyTorch."""
+    from service.model.tensorrt_runtime import open_plan
+
+    spec = model_specs()["tensorrt"]
     served = ServedModel(calibrated_network(), spec).eval()
     build_repository(
         tmp_path,
         weights=str(save_released_format(served.network, tmp_path / "c.pth")),
         progress=lambda _: None,
     )
-    plan = trt_build.build_for_repository(tmp_path, cache=tmp_path / "cache", fp16=True)
-    assert plan.is_file() and plan.stat().st_size > 0
-    # A second build on the same GPU comes from the cache.
-    assert len(list((tmp_path / "cache").glob("*.plan"))) == 1
+    lines: list[str] = []
+    first = trt_build.build_for_repository(tmp_path, tmp_path / "cache", report=lines.append)
+    assert first.source == "built" and first.plan.stat().st_size == first.manifest.size_bytes
+    assert lines[0].startswith(f"TensorRT {trt_build._tensorrt().__version__}")
+    again = trt_build.build_for_repository(tmp_path, tmp_path / "cache")
+    assert again.source == "cache" and len(list((tmp_path / "cache").glob("*.plan"))) == 1
     batch = verification_batch(spec)
     reference = eager_runner(served)(batch)
-    probs = _run_plan(plan, batch)
-    # FP16 inside: looser than the FP32 exports, same winner. The whole network cast to
-    # FP16 in TorchScript was 3.1e-2 from FP32 on these photos (H200, 2026-11-30); this
-    # test network's logits span +-10, so FP16 rounding shows in its probabilities.
-    assert np.max(np.abs(probs - reference)) <= 5e-2
+    probs = open_plan(trt_build._tensorrt(), first.plan, spec)(batch)
+    assert np.max(np.abs(probs - reference)) <= PLAN_PROBS_ATOL
     assert np.array_equal(probs.argmax(axis=1), reference.argmax(axis=1))
 
 
-def _run_plan(plan: Path, batch: np.ndarray) -> np.ndarray:
-    """Run a serialized engine with the TensorRT 10 tensor-address API on torch buffers."""
-    import tensorrt as trt
-
-    runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-    engine = runtime.deserialize_cuda_engine(plan.read_bytes())
-    context = engine.create_execution_context()
-    image = torch.from_numpy(batch).cuda()
-    probs = torch.empty((len(batch), 1000), dtype=torch.float32, device="cuda")
-    context.set_input_shape("IMAGE", tuple(image.shape))
-    context.set_tensor_address("IMAGE", image.data_ptr())
-    context.set_tensor_address("PROBS", probs.data_ptr())
-    stream = torch.cuda.current_stream()
-    assert context.execute_async_v3(stream.cuda_stream)
-    stream.synchronize()
-    return probs.cpu().numpy()
+def test_the_real_step_fails_loudly_without_tensorrt(
+    tmp_path: Path, model_repository: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if trt_build.available():
+        pytest.skip("TensorRT and a GPU are here")
+    repository = make_repository(tmp_path, model_repository / ONNX_MODEL / "1" / "model.onnx")
+    assert trt_build.main(["--repository", str(repository)]) == 1
+    err = capsys.readouterr().err
+    assert "error: TensorRTUnavailable:" in err
+    assert not (repository / TENSORRT_MODEL / "1" / "model.plan").exists()
 
 
 class _FakeTensorRT:
@@ -220,9 +222,9 @@ def test_build_plan_asks_for_the_precision_and_batch_range(
     assert plan.read_bytes() == b"plan"
     # FP16 plans may use FP16 (and TF32) kernels; FP32 plans must not fall back to TF32.
     assert fake.flags == ({"FP16", "TF32"} if fp16 else set())
-    one = (1, *spec.input_shape)
-    assert fake.shapes[spec.input_name][0] == one
-    assert fake.shapes[spec.input_name][2] == (spec.max_batch_size, *spec.input_shape)
+    low, opt, high = fake.shapes[spec.input_name]
+    assert (low[0], opt[0], high[0]) == (1, spec.max_batch_size // 2, spec.max_batch_size)
+    assert low[1:] == opt[1:] == high[1:] == spec.input_shape
 
 
 def test_build_plan_reports_the_parser_errors(
@@ -233,3 +235,110 @@ def test_build_plan_reports_the_parser_errors(
     onnx_path.write_bytes(b"not onnx")
     with pytest.raises(RuntimeError, match="unsupported operator"):
         trt_build.build_plan(onnx_path, tmp_path / "model.plan", model_specs()["tensorrt"])
+
+
+# --- the TensorRT version check, on recorded text --------------------------------------
+
+SYSTEM_LIB = Path("/usr/lib/x86_64-linux-gnu/libnvinfer.so.10.11.0")
+WHEEL_LIB = Path("/usr/local/lib/python3.12/dist-packages/tensorrt_libs/libnvinfer.so.10.11.0")
+
+
+def test_the_process_maps_and_ldd_name_libnvinfer_not_its_siblings() -> None:
+    maps = "\n".join(
+        f"7f00-7f10 r-xp 00000000 08:01 {inode} {path}"
+        for inode, path in enumerate([
+            "/usr/lib/x86_64-linux-gnu/libnvinfer_plugin.so.10.11.0",
+            "/usr/lib/x86_64-linux-gnu/libnvinfer_builder_resource.so.10.11.0",
+            str(SYSTEM_LIB),
+            "[heap]",
+        ])
+    )
+    assert tensorrt_version.mapped_libnvinfer(maps) == SYSTEM_LIB
+    ldd = (
+        "\tlibnvinfer_plugin.so.10 => /usr/lib/x86_64-linux-gnu/libnvinfer_plugin.so.10 (0x1)\n"
+        "\tlibnvinfer.so.10 => /usr/lib/x86_64-linux-gnu/libnvinfer.so.10 (0x2)\n"
+    )
+    assert tensorrt_version.ldd_libnvinfer(ldd) == Path(
+        "/usr/lib/x86_64-linux-gnu/libnvinfer.so.10"
+    )
+    assert tensorrt_version.ldd_libnvinfer("\tlibnvinfer.so.10 => not found\n") is None
+    assert tensorrt_version.library_version(SYSTEM_LIB) == "10.11.0"
+    assert tensorrt_version.library_version(Path("libnvinfer.so.10")) is None
+    # getInferLibVersion(): (major * 100 + minor) * 100 + patch; TensorRT 8, major * 1000 + ...
+    assert tensorrt_version.decode_lib_version(101100) == "10.11.0"
+    assert tensorrt_version.decode_lib_version(8601) == "8.6.1"
+
+
+def install(bindings: str = "10.11.0.33", library: Path | None = SYSTEM_LIB,
+            server: Path | None = SYSTEM_LIB) -> tensorrt_version.TensorRTInstall:
+    return tensorrt_version.TensorRTInstall(bindings, library, server)
+
+
+def test_the_pinned_tensorrt_that_triton_links_passes_and_is_named() -> None:
+    line = tensorrt_version.check(install(), "10.11.0.33")
+    assert line.startswith("TensorRT 10.11.0.33: libnvinfer " + str(SYSTEM_LIB))
+    assert "the same file Triton's TensorRT backend links; pin 10.11.0.33" in line
+    elsewhere = tensorrt_version.check(install(server=None), None)
+    assert "no Triton TensorRT backend here" in elsewhere and "no TENSORRT_VERSION" in elsewhere
+    # pip's library wheel names files by soname only: the library's own report counts.
+    wheel = tensorrt_version.TensorRTInstall(
+        "10.11.0.33", WHEEL_LIB.with_name("libnvinfer.so.10"), None, "10.11.0"
+    )
+    assert "TensorRT 10.11.0.33" in tensorrt_version.check(wheel, "10.11.0.33")
+
+
+@pytest.mark.parametrize(
+    ("found", "pin", "message"),
+    [
+        (install(bindings="10.13.0.35"), "10.11.0.33", "pins 10.11.0.33"),
+        (install(library=WHEEL_LIB), "10.11.0.33", "Triton's TensorRT backend links"),
+        (install(library=SYSTEM_LIB.with_name("libnvinfer.so.10.9.0")), None, "other than"),
+        (install(library=None), None, "loaded no libnvinfer"),
+        (tensorrt_version.TensorRTInstall("10.11.0.33", WHEEL_LIB.with_name("libnvinfer.so.10"),
+                                          None, "10.9.0"), None, r"\(10\.9\.0\)"),
+    ],
+    ids=["other-version", "pip-wheel-library", "bindings-vs-library", "nothing-loaded",
+         "library-reports-another-version"],
+)
+def test_a_tensorrt_other_than_the_pinned_one_triton_links_fails(
+    found: tensorrt_version.TensorRTInstall, pin: str | None, message: str
+) -> None:
+    with pytest.raises(tensorrt_version.TensorRTMismatch, match=message):
+        tensorrt_version.check(found, pin)
+
+
+class _FakeEngine:
+    def __init__(self, names: tuple[str, str] = ("IMAGE", "PROBS"), max_batch: int = 128,
+                 image_type: str = "uint8") -> None:
+        self.names, self.max_batch, self.image_type = names, max_batch, image_type
+        self.num_io_tensors = 2
+
+    def get_tensor_name(self, index: int) -> str:
+        return self.names[index]
+
+    def get_tensor_dtype(self, name: str) -> str:
+        return self.image_type if name == self.names[0] else "float32"
+
+    def get_tensor_profile_shape(self, name: str, profile: int) -> list[tuple[int, ...]]:
+        return [(1, 224, 224, 3), (64, 224, 224, 3), (self.max_batch, 224, 224, 3)]
+
+
+@pytest.mark.parametrize(
+    ("engine", "message"),
+    [
+        (_FakeEngine(names=("input", "output")), "plan tensors"),
+        (_FakeEngine(image_type="float32"), "expected uint8 in"),
+        (_FakeEngine(max_batch=32), "covers batch 1..32, the config serves 1..128"),
+    ],
+    ids=["names", "types", "profile"],
+)
+def test_a_plan_that_does_not_fit_the_config_is_refused_before_it_runs(
+    engine: _FakeEngine, message: str
+) -> None:
+    from service.model.plan_check import PlanMismatch
+    from service.model.tensorrt_runtime import _check_engine
+
+    fake_trt = type("trt", (), {"uint8": "uint8", "float32": "float32"})
+    _check_engine(fake_trt, _FakeEngine(), model_specs()["tensorrt"])  # a fitting one passes
+    with pytest.raises(PlanMismatch, match=message):
+        _check_engine(fake_trt, engine, model_specs()["tensorrt"])
