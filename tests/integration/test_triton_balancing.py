@@ -10,7 +10,8 @@ re-resolution interval. Under closed-loop load:
   `nv_inference_request_success`);
 - a fourth added to DNS executes calls within 30 s;
 - one killed mid-load costs no 5xx beyond the requests in flight when it died (and with
-  the retry on another server, none), and `/readyz` answers 200 throughout.
+  the retry on another server, none), and `/readyz` answers 200 throughout;
+- a gateway on Triton's HTTP protocol balances over the same servers.
 
 The servers serve the model as version 3 (the fourth as version 4, a rollout), while the
 gateway's own copy of the repository has only version 1 and pins none: every answer must
@@ -234,6 +235,40 @@ def test_a_server_added_to_dns_gets_calls_within_30_s(
     assert set(load.statuses) == {200}, load.statuses
     assert set(load.readiness) == {200}
     # Mid-rollout, each answer names the version that computed it.
+    assert set(load.models) == {(ONNX_MODEL, "3"), (ONNX_MODEL, "4")}, load.models
+
+
+def test_the_http_protocol_balances_too(
+    model_repository: Path, dns: DnsServer, tritons: dict[str, TritonServer], photos: list[Path]
+) -> None:
+    dns.set(NAME, HOSTS)
+    port = tritons[HOSTS[0]].http_port
+    settings = Settings(
+        backend="triton",
+        triton_protocol="http",
+        model_repository=model_repository,
+        triton_url=f"dns://{dns.authority()}/{NAME}:{port}",
+        model_version="",
+        triton_health_interval_s=0.25,
+        max_batch_size=4,
+        access_log=False,
+    )
+
+    async def scenario(url: str) -> tuple[dict[str, float], Load]:
+        load = Load(url, photo(photos))
+        async with httpx.AsyncClient(timeout=5.0) as http:
+            before = await executed_by(http, tritons, HOSTS)
+            tasks = load.start()
+            await asyncio.sleep(4.0)
+            await load.finish(tasks)
+            after = await executed_by(http, tritons, HOSTS)
+        return {host: after[host] - before[host] for host in HOSTS}, load
+
+    with GatewayServer(settings) as gateway:
+        calls, load = asyncio.run(scenario(gateway.url))
+    print(f"HTTP: calls per server {calls}; answers by model {dict(load.models)}")
+    assert set(load.statuses) == {200}, load.statuses
+    assert all(count > 0 for count in calls.values()), calls
     assert set(load.models) == {(ONNX_MODEL, "3"), (ONNX_MODEL, "4")}, load.models
 
 
