@@ -65,11 +65,9 @@ def create_app(
         if freeze_startup_objects:
             gc.collect()  # what start-up left as garbage goes now, not frozen forever
             gc.freeze()
+        served = runtime.backend.model_id()
         logger.info(
-            "serving %s v%s with the %s backend",
-            runtime.model.spec.name,
-            runtime.backend.model_version(),
-            runtime.backend.name,
+            "serving %s v%s with the %s backend", served.name, served.version, runtime.backend.name
         )
         try:
             yield

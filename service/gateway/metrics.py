@@ -20,6 +20,7 @@ worker's would mislead, so there the container's own metrics (cAdvisor) stand in
 from __future__ import annotations
 
 import os
+from typing import Protocol
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -50,6 +51,16 @@ V2_VERSIONED = {
 UNMATCHED_ROUTE = "unmatched"
 BACKEND_ERROR_REASONS = ("unavailable", "timeout", "bad_response", "error")
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class ModelRef(Protocol):
+    """A served model as backends name it (`backends.ModelId`)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def version(self) -> str: ...
 
 
 def multiprocess_dir() -> str | None:
@@ -99,6 +110,14 @@ class GatewayMetrics:
             "ca_gateway_backend_errors", "Failed backend calls, by reason",
             ["backend", "reason"], registry=r,
         )
+        # An info-style series: 1 for the model and version that answered the latest batch,
+        # 0 for those that answered before (a handful of versions in a process's life).
+        self.model_info = Gauge(
+            "ca_gateway_model_info",
+            "1 for the model and version that answered the latest batch, 0 for earlier ones",
+            ["backend", "model", "version"], registry=r, multiprocess_mode="livemax",
+        )
+        self._answered: tuple[str, str] | None = None
         # Create the known label values up front so dashboards see zeros, not gaps.
         for route in ("/classify", "/healthz", "/readyz", "/v1/model",
                       "/v2/models/{model_name}/infer"):
@@ -122,6 +141,16 @@ class GatewayMetrics:
     def observe_batch(self, size: int, duration_s: float) -> None:
         self.batch_size.observe(size)
         self.inference_duration.labels(self.backend).observe(duration_s)
+
+    def model_answered(self, model: ModelRef) -> None:
+        """Record `model` (its `name` and `version`) as the one serving now."""
+        key = (model.name, model.version)
+        if key == self._answered:
+            return
+        if self._answered is not None:
+            self.model_info.labels(self.backend, *self._answered).set(0)
+        self.model_info.labels(self.backend, *key).set(1)
+        self._answered = key
 
     def backend_error(self, reason: str) -> None:
         self.backend_errors.labels(self.backend, reason if reason in BACKEND_ERROR_REASONS

@@ -1,8 +1,11 @@
 """What the gateway knows about the model it serves: spec, labels, weights provenance.
 
 Read once at start-up from `<model_repository>/<model_name>/` (`spec.json`, the labels
-file, `<version>/weights.json`). The Triton backend reads the same files; its tensors are
-then checked against the spec through Triton's model metadata.
+file, `<version>/weights.json`). `CA_MODEL_NAME` is the one name of the served model: the
+directory read here, the model the embedded backend loads and the model the Triton backend
+asks Triton for; the spec must carry the same name. The Triton backend reads the same
+files; its tensors are then checked against the spec through Triton's model metadata, and
+the version it reports is the one Triton answers with.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ class ModelInfo:
     labels: tuple[str, ...]
     weights: WeightsInfo | None
     model_dir: Path
+    #: The version directory read: `CA_MODEL_VERSION`, or when that is empty the highest
+    #: numbered one present (empty when there is none, as on a Triton-only gateway).
     version: str
 
     @property
@@ -34,10 +39,15 @@ def load_model_info(settings: Settings) -> ModelInfo:
     """Read spec, labels and weights info; raises `SpecError` naming what is missing."""
     model_dir = settings.model_dir
     spec = ModelSpec.load(model_dir)
+    if spec.name != settings.model_name:
+        raise SpecError(
+            f"{model_dir / 'spec.json'} names the model {spec.name!r}, not "
+            f"{settings.model_name!r} (CA_MODEL_NAME): one name for one model"
+        )
     labels = load_labels(model_dir / spec.labels_file, expected=spec.num_classes)
     if len(set(labels)) != len(labels):
         logger.info("%s has repeated labels; clients should key on the index", model_dir)
-    version = settings.model_version
+    version = settings.model_version or newest_version(model_dir)
     try:
         weights = WeightsInfo.load(model_dir / version)
     except (ValueError, TypeError) as exc:
@@ -53,3 +63,10 @@ def load_model_info(settings: Settings) -> ModelInfo:
     return ModelInfo(
         spec=spec, labels=tuple(labels), weights=weights, model_dir=model_dir, version=version
     )
+
+
+def newest_version(model_dir: Path) -> str:
+    """The highest numbered version directory under `model_dir` ("" when there is none):
+    the version Triton serves by default, and so the one an unpinned gateway reads."""
+    numbered = [p.name for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()]
+    return max(numbered, key=int) if numbered else ""

@@ -155,8 +155,10 @@ async def classify(
     request.state.images = len(uploads)
     rankings = await until_disconnected(request, runtime.classify(uploads, k))
     labels = model.labels
+    # The model that computed the first image's answer (all of them but during a rollout).
+    answered = rankings[0].model or runtime.backend.model_id()
     return ClassifyResponse(
-        model=ModelRef(name=model.spec.name, version=runtime.backend.model_version()),
+        model=ModelRef(name=answered.name, version=answered.version),
         results=[
             ImageResult(
                 filename=upload.filename,
@@ -229,12 +231,15 @@ async def readyz(request: Request) -> Response:
     backend = runtime.backend.name if runtime is not None else request.app.state.settings.backend
     if runtime is None:
         body = Readiness(status="not_ready", backend=backend, detail="starting")
-    elif runtime.batcher.closed:
-        body = Readiness(status="not_ready", backend=backend, detail="shutting down")
-    elif not runtime.backend.ready():
-        body = Readiness(status="not_ready", backend=backend, detail=runtime.backend.status())
     else:
-        body = Readiness(status="ready", backend=backend, detail=runtime.backend.status())
+        served = runtime.backend.model_id()
+        ready = runtime.backend.ready() and not runtime.batcher.closed
+        body = Readiness(
+            status="ready" if ready else "not_ready",
+            backend=backend,
+            model=ModelRef(name=served.name, version=served.version),
+            detail="shutting down" if runtime.batcher.closed else runtime.backend.status(),
+        )
     status = 200 if body.status == "ready" else 503
     retry_after = str(request.app.state.settings.retry_after_s)
     headers = {} if status == 200 else {"Retry-After": retry_after}
@@ -266,9 +271,10 @@ async def model_description(_auth: Authorized, runtime: RuntimeDep) -> ModelDesc
             sha256=weights.sha256,
             warning=RANDOM_INIT_WARNING if weights.random_init else None,
         )
+    served = runtime.backend.model_id()
     return ModelDescription(
-        name=spec.name,
-        version=runtime.backend.model_version(),
+        name=served.name,
+        version=served.version,
         backend=runtime.backend.name,
         architecture=spec.architecture,
         num_classes=spec.num_classes,

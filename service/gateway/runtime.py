@@ -30,7 +30,7 @@ from service.errors import (
     ServiceError,
     ShuttingDown,
 )
-from service.gateway.backends import Backend, build_backend, top_k_from_probs
+from service.gateway.backends import Backend, ModelId, build_backend, top_k_from_probs
 from service.gateway.batching import (
     ADMISSION_HEADROOM,
     BatcherClosedError,
@@ -46,7 +46,15 @@ logger = logging.getLogger("ca.gateway.runtime")
 
 P = ParamSpec("P")
 T = TypeVar("T")
-Ranking = list[tuple[int, float]]  # (class index, score), best first
+
+
+class Ranking(list[tuple[int, float]]):
+    """One image's `(class index, score)` pairs, best first, and `model`: the model (and
+    version) that computed them, None when the backend did not say. Compares as the list."""
+
+    def __init__(self, pairs: Sequence[tuple[int, float]] = (), model: ModelId | None = None):
+        super().__init__(pairs)
+        self.model = model
 
 
 @dataclass(frozen=True)
@@ -118,6 +126,8 @@ class Runtime:
         )
         if not multiprocess_dir():
             metrics.queue_depth.set_function(lambda: runtime.batcher.depth)
+        if backend.ready():
+            metrics.model_answered(backend.model_id())
         backend.set_cpu_jobs_probe(lambda: runtime.cpu_jobs)
         runtime.batcher.start()
         return runtime
@@ -138,8 +148,9 @@ class Runtime:
             self.cpu_jobs -= 1
 
     async def classify(self, uploads: Sequence[ImageInput], k: int) -> list[Ranking]:
-        """Top-`k` rankings, one per image in order, within `request_timeout_s`. An
-        `Upload` is decoded and preprocessed first; an array is taken as preprocessed.
+        """Top-`k` rankings, one per image in order, within `request_timeout_s`; each
+        names the model that computed it. An `Upload` is decoded and preprocessed first;
+        an array is taken as preprocessed.
 
         Raises the upload's own `ServiceError` for a bad image, `BackendUnavailable` or
         `ShuttingDown` (fast, before any work), `Overloaded`, `RequestTimeout`.
@@ -279,7 +290,9 @@ def batch_function(
             metrics.backend_error("bad_response")
             raise BackendUnavailable(f"backend returned {len(top)} rows for {len(items)} images")
         metrics.observe_batch(len(items), time.perf_counter() - start)
-        return [top.row(i, item.k) for i, item in enumerate(items)]
+        if top.model is not None:
+            metrics.model_answered(top.model)
+        return [Ranking(top.row(i, item.k), top.model) for i, item in enumerate(items)]
 
     return run_batch
 

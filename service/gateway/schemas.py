@@ -23,8 +23,10 @@ class ImageResult(BaseModel):
 
 
 class ModelRef(BaseModel):
-    name: str
-    version: str
+    name: str = Field(description="The model that answered (on Triton, as Triton names it)")
+    version: str = Field(
+        description="Its version, as the answering server reports it (empty while unknown)"
+    )
 
 
 class ClassifyResponse(BaseModel):
@@ -61,6 +63,9 @@ class Health(BaseModel):
 class Readiness(BaseModel):
     status: Literal["ready", "not_ready"]
     backend: str = Field(description="The inference backend: 'embedded' or 'triton'")
+    model: ModelRef | None = Field(
+        None, description="The model serving now (the latest to answer); null while starting"
+    )
     detail: str
 
 

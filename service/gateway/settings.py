@@ -14,14 +14,40 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from service.spec import ONNX_MODEL, ModelSpec
 
-# Batches in flight against Triton when `max_concurrent_batches` is 0: a remote server
-# pipelines, so a few batches on the wire let transfer and queueing overlap its compute.
+# The backends' defaults for `max_batch_size` and `max_concurrent_batches` when those are 0.
+#
+# Embedded: ONNX Runtime on the gateway's CPU costs least per image at batch 2-8; batches
+# form from what queued while the backend was busy, so a cap of 4 only bounds the wait
+# behind a batch (docs/performance.md); one batch in flight per inference thread.
+EMBEDDED_BATCH_SIZE = 4
+#
+# Triton on a GPU (docs/performance.md, GPU; docs/deploy.md, capacity): a call costs 3-4 ms
+# up to batch 8 whatever its size (kernel launches), 4.5 ms at batch 32 and 10.8 ms at 128
+# (FP16, H200: 7,046 and 11,813 images/s), and Triton's dynamic batcher merges the calls
+# of every gateway into GPU batches of up to the model's 128. A gpu-overlay gateway (2
+# CPUs) prepares at most ~571 web photos/s. With 4 batches of 32 in flight and Triton
+# answering within its queue-time budget (50 ms + one 10.8 ms batch), one gateway can
+# carry 4 x 32 / 0.061 s = 2,100 images/s, 3.7x what its CPUs prepare: its CPU, not its
+# slots, stays the limit until Triton's round trip passes 224 ms (4 x 32 / 571 /s), when
+# Triton's own queue policy is about to refuse anyway. Fewer slots would halve that margin
+# (2 x 32 caps at 1,050 images/s); more would only park more of one gateway's images in
+# Triton's bounded queue. Larger calls than 32 add nothing on the GPU (Triton merges calls
+# into its batches; a call of 128 could share a GPU batch with no other) and a failed call
+# retried on another pod resends at most 32 images (4.8 MB).
+TRITON_BATCH_SIZE = 32
 TRITON_CONCURRENT_BATCHES = 4
+
+# Settings that were removed, and what replaced them: starting with one set is an error,
+# so a deployment cannot silently serve another model than the one it names.
+RETIRED_VARIABLES = {
+    "CA_TRITON_MODEL": "CA_MODEL_NAME names the served model on both backends",
+    "CA_TRITON_MODEL_VERSION": "CA_MODEL_VERSION pins the version on both backends",
+}
 
 
 def available_cores() -> int:
@@ -40,15 +66,28 @@ class Settings(BaseSettings):
     # Where the model comes from.
     backend: Literal["embedded", "triton"] = "embedded"
     model_repository: Path = Path("model_repository")
-    model_name: str = ONNX_MODEL
-    model_version: str = "1"
-    triton_url: str = "127.0.0.1:8001"
+    model_name: str = Field(
+        default=ONNX_MODEL,
+        description="The served model: its directory in the repository (spec, labels) and, "
+        "on Triton, the model name asked for",
+    )
+    model_version: str = Field(
+        default="1",
+        description="The version served on both backends; empty: the newest (embedded: the "
+        "highest numbered directory, Triton: its newest loaded version)",
+    )
+    triton_url: str = Field(
+        default="127.0.0.1:8001",
+        description="host:port (one server), or dns:///name:port / dns://DNS_IP[:port]/name:port "
+        "(every address the name resolves to, balanced per call)",
+    )
     triton_protocol: Literal["grpc", "http"] = "grpc"
-    triton_model: str = ONNX_MODEL
-    triton_model_version: str = ""
     triton_use_classification: bool = True
     triton_health_interval_s: float = Field(
-        default=1.0, gt=0.0, description="How often the Triton backend probes readiness"
+        default=1.0, gt=0.0, description="How often the Triton backend probes each endpoint"
+    )
+    triton_resolve_interval_s: float = Field(
+        default=10.0, gt=0.0, description="How often a dns: CA_TRITON_URL is resolved again"
     )
 
     # Serving.
@@ -63,10 +102,13 @@ class Settings(BaseSettings):
     )
 
     # Batching and capacity.
-    # CPU: ONNX Runtime's cost per image is lowest at batch 2-8; batches form from what
-    # queued while the backend was busy, so waiting for company (a delay) only adds latency
-    # when a stream is idle (docs/performance.md).
-    max_batch_size: int = Field(default=4, ge=1, le=1024)
+    # Batches form from what queued while the backend was busy, so waiting for company (a
+    # delay) only adds latency when a stream is idle (docs/performance.md).
+    max_batch_size: int = Field(
+        default=0, ge=0, le=1024,
+        description="Images per backend call; 0 means the backend's default (embedded 4, "
+        "Triton 32), always capped by the model's max_batch_size",
+    )
     max_batch_delay_ms: float = Field(default=0.0, ge=0.0, le=1000.0)
     max_queue: int = Field(default=256, ge=1)
     request_timeout_s: float = Field(default=10.0, gt=0.0)
@@ -139,6 +181,22 @@ class Settings(BaseSettings):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
 
+    @field_validator("triton_url")
+    @classmethod
+    def _parse_triton_url(cls, value: str) -> str:
+        # Lazy: the backends package imports this module.
+        from service.gateway.backends.triton_target import parse_target
+
+        parse_target(value)  # a TargetError (ValueError) becomes a validation error
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _no_retired_variables(self) -> Settings:
+        for name, replacement in RETIRED_VARIABLES.items():
+            if name in os.environ:
+                raise ValueError(f"{name} is no longer read: {replacement}; unset it")
+        return self
+
     @property
     def model_dir(self) -> Path:
         return self.model_repository / self.model_name
@@ -148,7 +206,8 @@ class Settings(BaseSettings):
 class EffectiveSettings:
     """The capacity values the gateway runs with, every default applied (all >= 1)."""
 
-    #: Images per backend call: `max_batch_size`, capped by the model's own limit.
+    #: Images per backend call: `max_batch_size` or the backend's default, capped by the
+    #: model's own limit.
     max_batch_size: int
     #: Batches in flight at once; for the embedded backend also its ONNX Runtime streams.
     concurrent_batches: int
@@ -162,15 +221,16 @@ def resolve(settings: Settings, spec: ModelSpec, *, cores: int | None = None) ->
     """Apply the defaults: 0 threads means one per core (`cores`, by default the cores
     this process may run on); 0 concurrent batches means one per inference thread for the
     embedded backend (one single-threaded ONNX Runtime stream per core under load) and
-    `TRITON_CONCURRENT_BATCHES` for Triton; the batch size never exceeds what the model
-    accepts (`spec.max_batch_size`)."""
+    `TRITON_CONCURRENT_BATCHES` for Triton; batch size 0 means `EMBEDDED_BATCH_SIZE` or
+    `TRITON_BATCH_SIZE`. The batch size never exceeds what the model accepts
+    (`spec.max_batch_size`, which its Triton config repeats)."""
     cores = cores if cores is not None else available_cores()
     inference_threads = settings.inference_threads or cores
-    default_batches = (
-        TRITON_CONCURRENT_BATCHES if settings.backend == "triton" else inference_threads
-    )
+    triton = settings.backend == "triton"
+    default_batches = TRITON_CONCURRENT_BATCHES if triton else inference_threads
+    batch_size = settings.max_batch_size or (TRITON_BATCH_SIZE if triton else EMBEDDED_BATCH_SIZE)
     return EffectiveSettings(
-        max_batch_size=min(settings.max_batch_size, spec.max_batch_size),
+        max_batch_size=min(batch_size, spec.max_batch_size),
         concurrent_batches=settings.max_concurrent_batches or default_batches,
         inference_threads=inference_threads,
         preprocess_threads=settings.preprocess_threads or cores,

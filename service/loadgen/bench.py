@@ -247,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--triton", metavar="HOST:PORT",
                         help="drive Triton directly with preprocessed batches instead")
     parser.add_argument("--triton-protocol", choices=("grpc", "http"), default="grpc")
-    parser.add_argument("--triton-model", help="Triton model (default: $CA_TRITON_MODEL)")
+    parser.add_argument("--triton-model", help="Triton model (default: $CA_MODEL_NAME)")
     parser.add_argument("--model-repository", type=Path,
                         help="repository holding the model's spec.json "
                              "(default: $CA_MODEL_REPOSITORY or model_repository)")
@@ -271,7 +271,7 @@ def _make_target(args: argparse.Namespace, images: list[bytes]) -> Target:
     address = args.triton.split("://", 1)[-1]
     if not args.allow_remote:
         check_loopback(address.rsplit(":", 1)[0])
-    model = args.triton_model or settings.triton_model
+    model = args.triton_model or settings.model_name
     spec = load_spec(args.model_repository or settings.model_repository, model)
     batches = preprocessed_batches(images, spec, args.batch_files, settings.max_image_pixels)
     return TritonTarget(address, model=model, spec=spec, batches=batches,

@@ -13,7 +13,7 @@ from numpy.typing import NDArray
 from prometheus_client import CollectorRegistry
 
 from service.gateway.app import create_app
-from service.gateway.backends import TopK, top_k_from_probs
+from service.gateway.backends import ModelId, TopK, top_k_from_probs
 from service.gateway.settings import Settings
 from tests.support.gateway import TINY_MODEL, write_tiny_repository
 
@@ -59,8 +59,8 @@ class FakeBackend:
     def status(self) -> str:
         return "ready" if self.up else "fake backend down"
 
-    def model_version(self) -> str:
-        return "7"
+    def model_id(self) -> ModelId:
+        return ModelId(TINY_MODEL, "7")
 
     async def infer(self, batch: NDArray[np.uint8]) -> NDArray[np.float32]:
         self.batches.append(len(batch))

@@ -14,11 +14,17 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from service.errors import BackendUnavailable, ContractError
+from service.gateway.backends.base import ModelId
 from service.gateway.backends.embedded import EmbeddedBackend, open_session
-from service.gateway.backends.triton import (
-    TritonBackend,
+from service.gateway.backends.triton import TritonBackend
+from service.gateway.backends.triton_contract import (
+    Failure,
+    answered_by,
+    check_batch_limit,
     check_metadata_contract,
+    classify_failure,
     parse_classification,
+    served_version,
 )
 from service.gateway.metrics import BATCH_SIZE_BUCKETS, DURATION_BUCKETS, GatewayMetrics
 from service.gateway.security import ApiKeys
@@ -42,7 +48,8 @@ async def test_embedded_backend_runs_the_model(tiny_repository: Path) -> None:
         top = await backend.top_k(batch, 4)
         assert top.indices.shape == (3, 4)
         assert (top.indices[:, 0] == probs.argmax(axis=1)).all()
-        assert backend.ready() and backend.model_version() == "1"
+        assert backend.ready() and backend.model_id() == ModelId(TINY_MODEL, "1")
+        assert top.model == ModelId(TINY_MODEL, "1")
     finally:
         await backend.close()
 
@@ -136,6 +143,71 @@ def test_triton_contract_accepts_matching_metadata() -> None:
 def test_triton_contract_rejects_mismatches(changes: dict[str, object]) -> None:
     with pytest.raises(ContractError):
         check_metadata_contract(metadata(**changes), SPEC)
+
+
+def test_triton_config_must_accept_the_gateways_batches() -> None:
+    check_batch_limit({"name": "m", "max_batch_size": 128}, 32)
+    check_batch_limit({"name": "m", "max_batch_size": 32}, 32)
+    with pytest.raises(ContractError, match="at most 16"):
+        check_batch_limit({"name": "m", "max_batch_size": 16}, 32)
+    with pytest.raises(ContractError, match="at most 0"):
+        check_batch_limit({"name": "m"}, 1)  # a model without batching
+
+
+def test_served_version_is_the_pinned_one_or_the_newest() -> None:
+    assert served_version(metadata(), "") == "2"
+    assert served_version(metadata(versions=["9", "10"]), "") == "10"
+    assert served_version(metadata(), "1") == "1"
+    assert served_version(metadata(versions=[]), "") == ""
+
+
+class _Result:
+    def __init__(self, response: object) -> None:
+        self.response = response
+
+    def get_response(self) -> object:
+        return self.response
+
+
+def test_the_answering_model_is_read_from_either_protocols_response() -> None:
+    from tritonclient.grpc import service_pb2
+
+    grpc_response = service_pb2.ModelInferResponse(model_name="m", model_version="3")
+    assert answered_by(_Result(grpc_response)) == ModelId("m", "3")
+    assert answered_by(_Result({"model_name": "m", "model_version": "4"})) == ModelId("m", "4")
+    assert answered_by(_Result({"outputs": []})) is None
+
+
+@pytest.mark.parametrize(
+    ("exc", "failure"),
+    [
+        (ConnectionResetError("reset by peer"), Failure.GONE),
+        (TimeoutError(), Failure.TIMEOUT),
+        (("StatusCode.UNAVAILABLE", "failed to connect to all addresses"), Failure.GONE),
+        (("StatusCode.UNAVAILABLE", "Socket closed"), Failure.GONE),
+        (("StatusCode.UNAVAILABLE", "Exceeds maximum queue size"), Failure.REJECTED),
+        (("StatusCode.UNAVAILABLE", "Request timeout expired"), Failure.REJECTED),
+        (("503", "Request timeout expired"), Failure.REJECTED),
+        (("StatusCode.NOT_FOUND", "Request for unknown model: 'm' is not found"),
+         Failure.MODEL_MISSING),
+        (("400", "Request for unknown model: 'm' has no available versions"),
+         Failure.MODEL_MISSING),
+        (("StatusCode.INTERNAL", "Stub process 'm_0_0' is not healthy."), Failure.FAILED),
+        (("500", "Failed to process the request(s) for model instance"), Failure.FAILED),
+        (("StatusCode.DEADLINE_EXCEEDED", "Deadline Exceeded"), Failure.TIMEOUT),
+        (("StatusCode.INVALID_ARGUMENT", "inference request batch-size must be <= 32"),
+         Failure.REFUSED),
+        (("400", "unexpected shape for input 'IMAGE'"), Failure.REFUSED),
+    ],
+)
+def test_failures_are_classified_by_what_they_say_about_the_endpoint(
+    exc: BaseException | tuple[str, str], failure: Failure
+) -> None:
+    from tritonclient.utils import InferenceServerException
+
+    if isinstance(exc, tuple):
+        exc = InferenceServerException(msg=exc[1], status=exc[0])
+    assert classify_failure(exc) is failure
 
 
 def test_parse_classification_strings() -> None:

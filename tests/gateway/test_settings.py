@@ -10,7 +10,13 @@ from service.gateway.backends import build_backend
 from service.gateway.backends.embedded import EmbeddedBackend
 from service.gateway.backends.triton import TritonBackend
 from service.gateway.modelinfo import load_model_info
-from service.gateway.settings import TRITON_CONCURRENT_BATCHES, Settings, resolve
+from service.gateway.settings import (
+    EMBEDDED_BATCH_SIZE,
+    TRITON_BATCH_SIZE,
+    TRITON_CONCURRENT_BATCHES,
+    Settings,
+    resolve,
+)
 from service.spec import ModelSpec
 from tests.support.gateway import TINY_MODEL
 
@@ -70,3 +76,57 @@ def test_backends_are_built_from_the_resolved_values(tiny_repository: Path) -> N
     triton = build_backend(triton_settings, model, resolve(triton_settings, model.spec))
     assert isinstance(triton, TritonBackend)
     assert (triton.url, triton.timeout_s, triton.name) == ("127.0.0.1:9", 2.5, "triton")
+    # CA_MODEL_NAME and CA_MODEL_VERSION are what Triton is asked for; the batch is the
+    # resolved one, which each Triton endpoint checks against the model's config.
+    assert (triton.model, triton.version) == (TINY_MODEL, "1")
+    assert triton.max_batch_size == model.spec.max_batch_size
+
+
+def test_each_backend_has_its_own_batch_size_default_capped_by_the_model() -> None:
+    gpu_spec = ModelSpec(name="m", max_batch_size=128)
+    assert resolve(Settings(), gpu_spec, cores=2).max_batch_size == EMBEDDED_BATCH_SIZE == 4
+    triton = resolve(Settings(backend="triton"), gpu_spec, cores=2)
+    assert (triton.max_batch_size, triton.concurrent_batches) == (TRITON_BATCH_SIZE, 4) == (32, 4)
+    # The gateway can form every batch the model accepts when asked to, never more.
+    assert resolve(Settings(backend="triton", max_batch_size=128), gpu_spec).max_batch_size == 128
+    assert resolve(Settings(backend="triton", max_batch_size=256), gpu_spec).max_batch_size == 128
+    assert resolve(Settings(backend="triton"), SPEC).max_batch_size == SPEC.max_batch_size
+
+
+@pytest.mark.parametrize("variable", ["CA_TRITON_MODEL", "CA_TRITON_MODEL_VERSION"])
+def test_the_removed_model_settings_refuse_to_start(
+    variable: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(variable, "ca_mobilenetv2_trt")
+    with pytest.raises(ValueError, match=f"{variable} is no longer read: CA_MODEL_"):
+        Settings()
+
+
+def test_model_name_is_the_one_name_of_the_served_model(
+    tiny_repository: Path, tmp_path: Path
+) -> None:
+    # Another directory holding a spec of another name: refused, not served under two names.
+    import shutil
+
+    from service.spec import SpecError
+
+    shutil.copytree(tiny_repository / TINY_MODEL, tmp_path / "renamed")
+    settings = Settings(model_repository=tmp_path, model_name="renamed")
+    with pytest.raises(SpecError, match="names the model 'tiny_onnx', not 'renamed'"):
+        load_model_info(settings)
+
+
+def test_an_empty_model_version_reads_the_newest_version(
+    tiny_repository: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    model_dir = tmp_path / TINY_MODEL
+    shutil.copytree(tiny_repository / TINY_MODEL, model_dir)
+    shutil.copytree(model_dir / "1", model_dir / "10")
+    (model_dir / "9").mkdir()
+    settings = Settings(model_repository=tmp_path, model_name=TINY_MODEL, model_version="")
+    model = load_model_info(settings)
+    assert model.version == "10" and model.onnx_path == model_dir / "10" / "model.onnx"
+    pinned = settings.model_copy(update={"model_version": "1"})
+    assert load_model_info(pinned).version == "1"

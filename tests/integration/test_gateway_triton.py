@@ -7,12 +7,16 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
 import pytest
 
+from service.errors import ContractError
+from service.gateway.backends.triton import TritonBackend
 from service.gateway.settings import Settings
+from service.spec import ONNX_MODEL, ModelSpec
 from tests.integration.test_gateway_embedded import (
     Reference,
     answer,
@@ -66,7 +70,31 @@ def test_top5_through_triton_equals_the_served_model(
     http: httpx.Client, photos: list[Path], reference: Reference
 ) -> None:
     assert_photos_answered_as_the_reference(http, photos, reference)
-    assert http.get("/readyz").json() == {"status": "ready", "backend": "triton", "detail": "ready"}
+    assert http.get("/readyz").json() == {
+        "status": "ready",
+        "backend": "triton",
+        "model": {"name": ONNX_MODEL, "version": "1"},
+        "detail": "ready: 1 of 1 triton endpoints",
+    }
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"num_classes": 10}, "PROBS has shape"),  # the spec the gateway holds is another model's
+        ({"input_size": 192, "resize_shorter": 256}, "IMAGE has shape"),
+        ({"max_batch_size": 1024}, "accepts batches of at most"),  # the spec promises more
+    ],
+)
+async def test_a_triton_model_that_breaks_the_spec_is_refused_at_start(
+    triton: TritonServer, model_repository: Path, change: dict[str, int], message: str
+) -> None:
+    spec = replace(ModelSpec.load(model_repository / ONNX_MODEL), **change)
+    backend = TritonBackend(
+        spec, url=triton.grpc_url, model=ONNX_MODEL, max_batch_size=spec.max_batch_size
+    )
+    with pytest.raises(ContractError, match=message):
+        await backend.start()
 
 
 def test_http_protocol_and_full_probabilities(

@@ -29,6 +29,7 @@ CONTRACT = {
     "ca_gateway_queue_depth",
     "ca_gateway_backend_errors_total",
     "ca_gateway_inflight_requests",
+    "ca_gateway_model_info",
 }
 SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
 
@@ -103,3 +104,23 @@ def test_every_gateway_metric_is_on_the_dashboard() -> None:
         if name in exposed
     }
     assert on_dashboard == CONTRACT
+
+
+def test_model_info_names_the_model_that_answered_last() -> None:
+    from service.gateway.backends import ModelId
+    from service.gateway.metrics import GatewayMetrics
+
+    registry = CollectorRegistry()
+    metrics = GatewayMetrics("triton", registry=registry)
+
+    def info(version: str) -> float | None:
+        labels = {"backend": "triton", "model": "m", "version": version}
+        return registry.get_sample_value("ca_gateway_model_info", labels)
+
+    assert info("1") is None  # nothing answered yet: no series
+    metrics.model_answered(ModelId("m", "1"))
+    assert info("1") == 1.0
+    metrics.model_answered(ModelId("m", "2"))
+    assert (info("1"), info("2")) == (0.0, 1.0)
+    metrics.model_answered(ModelId("m", "1"))
+    assert (info("1"), info("2")) == (1.0, 0.0)

@@ -84,7 +84,7 @@ def stack(model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> I
             backend="triton",
             model_repository=model_repository,
             triton_url=triton.grpc_url,
-            triton_model=ONNX_MODEL,
+            model_name=ONNX_MODEL,
             workers=2,
             max_batch_size=8,
             max_batch_delay_ms=5.0,

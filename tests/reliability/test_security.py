@@ -213,7 +213,8 @@ ODD_METHODS = ["PATCH", "DELETE", "PUT", "PROPFIND", "FOO", "OPTIONS", "HEAD", "
 
 
 async def test_metrics_labels_come_from_fixed_sets(tiny_repo: Path) -> None:
-    async for client in in_process(tiny_settings(tiny_repo, access_log=False)):
+    settings = tiny_settings(tiny_repo, access_log=False)
+    async for client in in_process(settings):
         for path in ODD_PATHS:
             for method in ("GET", *ODD_METHODS):
                 await client.request(method, path, headers={
@@ -228,6 +229,9 @@ async def test_metrics_labels_come_from_fixed_sets(tiny_repo: Path) -> None:
         "route": {*ROUTES, UNMATCHED_ROUTE},
         "backend": {"embedded", "triton"},
         "reason": set(BACKEND_ERROR_REASONS),
+        # The served model, as the repository names it: never anything a client sent.
+        "model": {settings.model_name},
+        "version": {settings.model_version},
     }
     status_codes = {"200", "307", "400", "401", "404", "405", "408", "413", "415", "422", "499",
                     "500", "503", "504"}

@@ -1,7 +1,9 @@
 """Backend faults with the real Triton server (nvidia-pytriton's binary, `--target cpu`
 repository, explicit model control): Triton hung with SIGSTOP under load, and the model
-unloaded through Triton's repository API. Killing and restarting Triton is covered by
-tests/integration/test_gateway_triton.py."""
+unloaded through Triton's repository API; and one of two Tritons behind a DNS name hung
+under load. Killing and restarting Triton is covered by
+tests/integration/test_gateway_triton.py, killing one of several by
+tests/integration/test_triton_balancing.py."""
 
 from __future__ import annotations
 
@@ -17,8 +19,9 @@ import pytest
 from service.gateway.settings import Settings
 from service.spec import ONNX_MODEL
 from tests.reliability.support import png_bytes
+from tests.support.dns import DnsServer
 from tests.support.gateway import GatewayServer
-from tests.support.triton import TritonServer
+from tests.support.triton import TritonServer, free_port_on
 
 pytestmark = pytest.mark.slow
 
@@ -152,3 +155,58 @@ def test_model_unloaded_through_the_repository_api(
     control.close()
     assert_well_behaved(seen)
     assert {s.status for s in seen} >= {200, 503}
+
+
+def test_one_of_two_tritons_hung_under_load(model_repository: Path) -> None:
+    """A hung pod (no answer, no connection reset: a frozen node) costs only the calls
+    it holds when it stops and those sent to it before a probe gives up on it (1 s); the
+    other serves everything after, and the gateway stays ready throughout."""
+    hosts = ["127.0.0.6", "127.0.0.7"]
+    ports = (free_port_on(hosts), free_port_on(hosts), free_port_on(hosts))
+    args = ["--model-control-mode=explicit", f"--load-model={ONNX_MODEL}"]
+    probe_timeout_s, interval_s = 1.0, 0.25  # the backend probes with max(1 s, 2 intervals)
+    with DnsServer() as dns, TritonServer(
+        model_repository, host=hosts[0], ports=ports, extra_args=args
+    ) as hung, TritonServer(model_repository, host=hosts[1], ports=ports, extra_args=args):
+        dns.set("pair.test", hosts)
+        settings = Settings(
+            backend="triton", model_repository=model_repository,
+            triton_url=f"dns://{dns.authority()}/pair.test:{ports[1]}",
+            request_timeout_s=TIMEOUT_S, triton_health_interval_s=interval_s, access_log=False,
+        )
+        with GatewayServer(settings) as gateway:
+
+            async def scenario() -> tuple[list[Seen], list[int], float, float]:
+                started, stop = time.monotonic(), asyncio.Event()
+                workers = [asyncio.ensure_future(traffic(gateway.url, stop, started))
+                           for _ in range(4)]
+                ready_codes: list[int] = []
+                async with httpx.AsyncClient(base_url=gateway.url, timeout=10.0) as probe:
+                    await asyncio.sleep(1.0)
+                    hung.pause()
+                    paused_at = time.monotonic() - started
+                    try:
+                        until = time.monotonic() + 6.0  # three request timeouts
+                        while time.monotonic() < until:
+                            ready_codes.append(await readiness(probe))
+                            await asyncio.sleep(0.1)
+                    finally:
+                        hung.resume()
+                    resumed_at = time.monotonic() - started
+                    await asyncio.sleep(1.0)
+                stop.set()
+                seen = [s for group in await asyncio.gather(*workers) for s in group]
+                return seen, ready_codes, paused_at, resumed_at
+
+            seen, ready_codes, paused_at, resumed_at = asyncio.run(scenario())
+    failed = [s for s in seen if s.status != 200]
+    print(f"{len(seen)} requests, {len(failed)} failed: "
+          f"{sorted((round(s.at - paused_at, 2), s.status, s.code) for s in failed)}")
+    assert set(ready_codes) == {200}, ready_codes
+    assert_well_behaved(seen)
+    assert {s.status for s in failed} <= {504}, failed
+    # Only calls that reached the hung server before a probe dropped it from rotation.
+    given_up_at = paused_at + probe_timeout_s + interval_s + 1.0  # + scheduling slack
+    assert all(s.at <= given_up_at for s in failed), failed
+    served_while_hung = [s for s in seen if s.status == 200 and given_up_at < s.at < resumed_at]
+    assert len(served_while_hung) >= 10, "the other server did not take the load"

@@ -24,11 +24,28 @@ from pathlib import Path
 from types import TracebackType
 
 
-def free_port() -> int:
-    """A TCP port on loopback that nothing listens on right now."""
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on `host` (a loopback address) that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def free_port_on(hosts: list[str]) -> int:
+    """A TCP port free on every one of `hosts` (servers on several loopback addresses
+    behind one DNS name share their ports, as pods behind a headless Service do)."""
+    error: OSError | None = None
+    for _ in range(100):
+        port = free_port(hosts[0])
+        try:
+            for host in hosts[1:]:
+                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                    sock.bind((host, port))
+        except OSError as exc:
+            error = exc
+            continue
+        return port
+    raise RuntimeError(f"no port free on all of {hosts}: {error}")
 
 
 def site_packages() -> Path:
@@ -57,7 +74,8 @@ class TritonServer:
 
     `start()` waits for `/v2/health/ready`; `stop()` sends SIGTERM and waits; `kill()`,
     `pause()` (SIGSTOP) and `resume()` (SIGCONT) are there for fault tests. `restart()`
-    starts it again on the same ports.
+    starts it again on the same ports. `host` is the loopback address every port binds
+    to; `ports` (http, grpc, metrics) are chosen free on it unless given.
     """
 
     def __init__(
@@ -66,11 +84,14 @@ class TritonServer:
         *,
         extra_args: list[str] | None = None,
         ready_timeout_s: float = 120.0,
+        host: str = "127.0.0.1",
+        ports: tuple[int, int, int] | None = None,
     ) -> None:
         self.model_repository = Path(model_repository)
-        self.http_port = free_port()
-        self.grpc_port = free_port()
-        self.metrics_port = free_port()
+        self.host = host
+        self.http_port, self.grpc_port, self.metrics_port = ports or (
+            free_port(host), free_port(host), free_port(host)
+        )
         self.extra_args = list(extra_args or [])
         self.ready_timeout_s = ready_timeout_s
         self._workdir = Path(tempfile.mkdtemp(prefix="ca-triton-"))
@@ -80,15 +101,15 @@ class TritonServer:
 
     @property
     def http_url(self) -> str:
-        return f"127.0.0.1:{self.http_port}"
+        return f"{self.host}:{self.http_port}"
 
     @property
     def grpc_url(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
+        return f"{self.host}:{self.grpc_port}"
 
     @property
     def metrics_url(self) -> str:
-        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+        return f"http://{self.host}:{self.metrics_port}/metrics"
 
     def command(self) -> list[str]:
         return [
@@ -98,8 +119,9 @@ class TritonServer:
             f"--http-port={self.http_port}",
             f"--grpc-port={self.grpc_port}",
             f"--metrics-port={self.metrics_port}",
-            "--http-address=127.0.0.1",
-            "--grpc-address=127.0.0.1",
+            f"--http-address={self.host}",
+            f"--grpc-address={self.host}",
+            f"--metrics-address={self.host}",
             "--allow-metrics=true",
             "--allow-gpu-metrics=false",
             "--log-verbose=0",

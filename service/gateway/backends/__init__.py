@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from service.gateway.backends.base import Backend, TopK, top_k_from_probs
+from service.gateway.backends.base import Backend, ModelId, TopK, top_k_from_probs
 from service.gateway.modelinfo import ModelInfo
 from service.gateway.settings import EffectiveSettings, Settings
 
-__all__ = ["Backend", "TopK", "build_backend", "top_k_from_probs"]
+__all__ = ["Backend", "ModelId", "TopK", "build_backend", "top_k_from_probs"]
 
 
 def build_backend(settings: Settings, model: ModelInfo, effective: EffectiveSettings) -> Backend:
@@ -19,19 +19,20 @@ def build_backend(settings: Settings, model: ModelInfo, effective: EffectiveSett
             model.spec,
             url=settings.triton_url,
             protocol=settings.triton_protocol,
-            model=settings.triton_model,
-            version=settings.triton_model_version,
-            assumed_version=settings.triton_model_version or settings.model_version,
+            model=settings.model_name,
+            version=settings.model_version,
             use_classification=settings.triton_use_classification,
             timeout_s=settings.request_timeout_s,
             health_interval_s=settings.triton_health_interval_s,
+            resolve_interval_s=settings.triton_resolve_interval_s,
+            max_batch_size=effective.max_batch_size,
         )
     from service.gateway.backends.embedded import EmbeddedBackend
 
     return EmbeddedBackend(
         model.onnx_path,
         model.spec,
-        version=settings.model_version,
+        version=model.version,
         threads=effective.inference_threads,
         streams=effective.concurrent_batches,
         spinning=settings.inference_spinning,

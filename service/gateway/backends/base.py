@@ -11,12 +11,22 @@ from numpy.typing import NDArray
 
 
 @dataclass(frozen=True)
+class ModelId:
+    """A served model as the server that ran it names it: on Triton the model name and
+    version of the inference response, on the embedded backend the directory loaded."""
+
+    name: str
+    version: str
+
+
+@dataclass(frozen=True)
 class TopK:
     """The `k` best classes per row, best first: `indices` int64 and `scores` float32,
-    both shaped `[N, k]`."""
+    both shaped `[N, k]`; `model` is the model that computed them, when the backend says."""
 
     indices: NDArray[np.int64]
     scores: NDArray[np.float32]
+    model: ModelId | None = None
 
     def __len__(self) -> int:
         return int(self.indices.shape[0])
@@ -59,8 +69,10 @@ class Backend(Protocol):
     def status(self) -> str:
         """A short human-readable state, shown by `/readyz`."""
 
-    def model_version(self) -> str:
-        """The version being served."""
+    def model_id(self) -> ModelId:
+        """The model serving now: the one that answered the latest batch, or before any
+        answer the one the backend loaded or the server's metadata names (on Triton the
+        version is empty while no server has been reached and none is pinned)."""
 
     async def infer(self, batch: NDArray[np.uint8]) -> NDArray[np.float32]:
         """Probabilities `[N, num_classes]` for a batch."""

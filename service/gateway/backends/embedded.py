@@ -24,7 +24,7 @@ from numpy.typing import NDArray
 
 from service.errors import BackendUnavailable, ContractError
 from service.gateway.backends import blocked_layout
-from service.gateway.backends.base import TopK, top_k_from_probs
+from service.gateway.backends.base import ModelId, TopK, top_k_from_probs
 from service.spec import ModelSpec
 
 logger = logging.getLogger("ca.gateway.backend.embedded")
@@ -113,8 +113,8 @@ class EmbeddedBackend:
     def status(self) -> str:
         return "ready" if self._session is not None else "model not loaded"
 
-    def model_version(self) -> str:
-        return self._version
+    def model_id(self) -> ModelId:
+        return ModelId(self.spec.name, self._version)
 
     async def infer(self, batch: NDArray[np.uint8]) -> NDArray[np.float32]:
         session = self._session
@@ -132,7 +132,8 @@ class EmbeddedBackend:
             self._busy -= 1
 
     async def top_k(self, batch: NDArray[np.uint8], k: int) -> TopK:
-        return top_k_from_probs(await self.infer(batch), k)
+        top = top_k_from_probs(await self.infer(batch), k)
+        return TopK(top.indices, top.scores, self.model_id())
 
     def _run(self, session: ort.InferenceSession, batch: NDArray[np.uint8]) -> NDArray[np.float32]:
         outputs = session.run([self.spec.output_name], {self.spec.input_name: batch})

@@ -56,7 +56,7 @@ def _server_version() -> str:
 def served_model(runtime: Runtime, name: str, version: str | None) -> V2Model:
     """The served model when `name` (and `version`, if given) are its own; else 404."""
     served = runtime.model.spec.name
-    serving = runtime.backend.model_version()
+    serving = runtime.backend.model_id().version
     if name != served:
         raise NotFound(f"unknown model {name[:100]!r}: this server serves {served!r}")
     if version is not None and version != serving:
@@ -222,10 +222,13 @@ async def _infer(request: Request, runtime: Runtime, model: V2Model) -> Response
     request.state.images = len(job.images)
     rankings = await until_disconnected(request, runtime.classify(job.images, job.k))
 
+    # The version that computed the answer (a rollout may switch it under a request).
+    answered = rankings[0].model if rankings and rankings[0].model else None
+
     def respond() -> tuple[bytes, int | None]:
         return codec.encode_response(
             model_name=model.name,
-            model_version=model.version,
+            model_version=answered.version if answered else model.version,
             request_id=parsed.id,
             outputs=model.answer(job, rankings),
         )

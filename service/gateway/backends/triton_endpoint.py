@@ -1,0 +1,197 @@
+"""One Triton address: its client (one gRPC channel, or one HTTP connection pool), its
+health, its contract check and the calls in flight on it.
+
+Everything the gateway knows about a Triton server is per endpoint, because the servers
+behind one DNS name differ during a rollout or a failure: one may be dead, one may serve
+another version, one may not have loaded the model yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any, Literal
+
+import numpy as np
+from numpy.typing import NDArray
+
+from service.errors import ContractError
+from service.gateway.backends.base import ModelId
+from service.gateway.backends.triton_contract import (
+    Failure,
+    answered_by,
+    check_batch_limit,
+    check_metadata_contract,
+    classify_failure,
+    served_version,
+)
+from service.spec import ModelSpec
+
+logger = logging.getLogger("ca.gateway.backend.triton")
+
+Protocol = Literal["grpc", "http"]
+_MAX_MESSAGE_BYTES = 2**31 - 1
+# Reconnect quickly after Triton restarts (gRPC's default backoff grows to 120 s).
+GRPC_CHANNEL_ARGS: list[tuple[str, Any]] = [
+    ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
+    ("grpc.initial_reconnect_backoff_ms", 250),
+    ("grpc.min_reconnect_backoff_ms", 250),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.enable_retries", 0),  # the backend retries, on another endpoint
+]
+
+
+class CallFailed(Exception):
+    """A call on one endpoint failed; `failure` says how, `detail` for humans."""
+
+    def __init__(self, failure: Failure, detail: str) -> None:
+        super().__init__(detail)
+        self.failure = failure
+        self.detail = detail
+
+
+class Endpoint:
+    """The Triton server at `address` serving `model` (`version`, or its newest when
+    empty) for batches of up to `max_batch_size`. Not ready until a probe has seen the
+    server and the model ready and the model's metadata and config match `spec`."""
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        protocol: Protocol,
+        model: str,
+        version: str,
+        spec: ModelSpec,
+        max_batch_size: int,
+        timeout_s: float,
+    ) -> None:
+        self.address = address
+        self.protocol = protocol
+        self.model = model
+        self.pinned_version = version
+        self.spec = spec
+        self.max_batch_size = max_batch_size
+        self.timeout_s = timeout_s
+        self.ready = False
+        self.state = "not probed yet"
+        #: The version this endpoint serves: from its metadata, then from each answer.
+        self.version = version
+        #: Set when the model there breaks the contract; cleared when it is reloaded.
+        self.contract_error: str | None = None
+        self.inflight = 0
+        self._contract_ok = False
+        self._client = self._make_client()
+
+    def _make_client(self) -> Any:
+        if self.protocol == "grpc":
+            import tritonclient.grpc.aio as grpcclient
+
+            return grpcclient.InferenceServerClient(self.address, channel_args=GRPC_CHANNEL_ARGS)
+        import tritonclient.http.aio as httpclient
+
+        return httpclient.InferenceServerClient(self.address, conn_timeout=self.timeout_s)
+
+    def module(self) -> Any:
+        """tritonclient's module for this protocol (its `InferInput`, `InferRequestedOutput`)."""
+        if self.protocol == "grpc":
+            import tritonclient.grpc.aio as grpcclient
+
+            return grpcclient
+        import tritonclient.http.aio as httpclient
+
+        return httpclient
+
+    async def close(self) -> None:
+        self.ready = False
+        with contextlib.suppress(Exception):
+            await self._client.close()
+
+    # -- health ----------------------------------------------------------------------
+    async def probe(self, timeout_s: float) -> None:
+        """Ask whether the server and the model are ready, and check the contract once per
+        load; updates `ready`, `state`, `version` and `contract_error`. Never raises."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                server_ready = await self._client.is_server_ready()
+                model_ready = server_ready and await self._client.is_model_ready(
+                    self.model, self.pinned_version
+                )
+                if model_ready and not self._contract_ok:
+                    await self._check_contract()
+        except ContractError as exc:
+            self.contract_error = str(exc)
+            self.mark_down(f"contract mismatch: {exc}")
+            return
+        except Exception as exc:  # unreachable, timed out, refused: all mean "down"
+            self.mark_down(f"unreachable: {short(exc)}")
+            return
+        if not server_ready:
+            self.mark_down("server not ready")
+        elif not model_ready:
+            self.mark_down(f"model {self.model} not ready")
+        elif not self.ready:
+            self.ready, self.state, self.contract_error = True, "ready", None
+            logger.info("triton at %s serves %s v%s", self.address, self.model, self.version)
+
+    def mark_down(self, reason: str) -> None:
+        if self.ready or self.state != reason:
+            logger.warning("triton at %s down: %s", self.address, reason)
+        self.ready, self.state = False, reason
+        self._contract_ok = False  # a restarted Triton may serve another model
+
+    async def _check_contract(self) -> None:
+        if self.protocol == "grpc":
+            meta = await self._client.get_model_metadata(
+                self.model, self.pinned_version, as_json=True
+            )
+            config = (
+                await self._client.get_model_config(self.model, self.pinned_version, as_json=True)
+            ).get("config", {})
+        else:
+            meta = await self._client.get_model_metadata(self.model, self.pinned_version)
+            config = await self._client.get_model_config(self.model, self.pinned_version)
+        check_metadata_contract(meta, self.spec)
+        check_batch_limit(config, self.max_batch_size)
+        self.version = served_version(meta, self.pinned_version)
+        self._contract_ok = True
+
+    # -- inference -------------------------------------------------------------------
+    async def infer(
+        self, batch: NDArray[np.uint8], *, class_count: int, timeout_s: float
+    ) -> tuple[Any, ModelId]:
+        """One inference call of at most `timeout_s`: tritonclient's result and the model
+        that answered. Raises `CallFailed`; a failure that drops the endpoint (see
+        `Failure`) has already marked it down."""
+        module = self.module()
+        image = module.InferInput(self.spec.input_name, list(batch.shape), "UINT8")
+        image.set_data_from_numpy(batch)
+        output = module.InferRequestedOutput(self.spec.output_name, class_count=class_count)
+        kwargs: dict[str, Any] = {"model_version": self.pinned_version, "outputs": [output]}
+        if self.protocol == "grpc":
+            kwargs["client_timeout"] = timeout_s
+        self.inflight += 1
+        try:
+            async with asyncio.timeout(timeout_s):
+                result = await self._client.infer(self.model, [image], **kwargs)
+        except Exception as exc:
+            failure = classify_failure(exc)
+            detail = f"triton at {self.address}: {failure.value}: {short(exc)}"
+            if failure is Failure.TIMEOUT:
+                detail = f"triton at {self.address} did not answer in {timeout_s:.3g} s"
+            if failure.drops_endpoint:
+                self.mark_down(f"{failure.value}: {short(exc)}")
+            raise CallFailed(failure, detail) from exc
+        finally:
+            self.inflight -= 1
+        answered = answered_by(result) or ModelId(self.model, self.version)
+        self.version = answered.version or self.version
+        return result, answered
+
+
+def short(exc: BaseException) -> str:
+    """The first line of an exception's message, at most 200 characters."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:200]
