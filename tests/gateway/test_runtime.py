@@ -250,6 +250,20 @@ async def test_queue_wait_histogram_sees_the_image_that_waited(tiny_settings: Se
 
 
 # -- shedding before decoding ------------------------------------------------------------
+async def post(client: httpx.AsyncClient, data: bytes) -> httpx.Response:
+    return await client.post("/classify", content=data, headers=PNG)
+
+
+def slowed(
+    preprocessor: Callable[[bytes], NDArray[np.uint8]], seconds: float
+) -> Callable[[bytes], NDArray[np.uint8]]:
+    def slow(data: bytes) -> NDArray[np.uint8]:
+        time.sleep(seconds)
+        return preprocessor(data)
+
+    return slow
+
+
 async def wait_until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
@@ -274,13 +288,11 @@ async def test_a_request_the_queue_cannot_serve_in_time_is_shed_before_decoding(
     async for client in open_client(app):
         batcher = app.state.runtime.batcher
         fake.delay_s = 0.2
-        assert (await client.post("/classify", content=png((1, 0, 0)), headers=PNG)).status_code == 200
+        assert (await post(client, png((1, 0, 0)))).status_code == 200
         ahead = []
         for i in range(5):  # one at a time: each is admitted with the queue it saw
-            ahead.append(
-                asyncio.ensure_future(client.post("/classify", content=png((i, 0, 0)), headers=PNG))
-            )
-            await wait_until(lambda i=i: len(fake.batches) + batcher.depth >= i + 2)
+            ahead.append(asyncio.ensure_future(post(client, png((i, 0, 0)))))
+            await wait_until(lambda i=i, b=batcher: len(fake.batches) + b.depth >= i + 2)
         before = sample(registry, decoded)
         shed = await client.post("/classify", files=garbage)
         assert shed.status_code == 503, shed.text
@@ -308,17 +320,13 @@ async def test_a_preprocessing_backlog_sheds_before_it_reaches_the_queue(
         runtime = app.state.runtime
         real = runtime.preprocessor
 
-        def slow(data: bytes) -> NDArray[np.uint8]:
-            time.sleep(0.45)
-            return real(data)  # type: ignore[no-any-return]
-
-        runtime.preprocessor = slow
-        assert (await client.post("/classify", content=png((1, 0, 0)), headers=PNG)).status_code == 200
-        first = asyncio.ensure_future(client.post("/classify", content=png((2, 0, 0)), headers=PNG))
-        await wait_until(lambda: runtime.cpu_jobs >= 1)
-        second = asyncio.ensure_future(client.post("/classify", content=png((3, 0, 0)), headers=PNG))
-        await wait_until(lambda: runtime.cpu_jobs >= 2)
-        third = await client.post("/classify", content=b"garbage", headers=PNG)
+        runtime.preprocessor = slowed(real, 0.45)
+        assert (await post(client, png((1, 0, 0)))).status_code == 200
+        first = asyncio.ensure_future(post(client, png((2, 0, 0))))
+        await wait_until(lambda r=runtime: r.cpu_jobs >= 1)
+        second = asyncio.ensure_future(post(client, png((3, 0, 0))))
+        await wait_until(lambda r=runtime: r.cpu_jobs >= 2)
+        third = await post(client, b"garbage")
         assert third.status_code == 503 and third.json()["error"]["code"] == "overloaded"
         assert (await first).status_code == 200 and (await second).status_code == 200
         assert runtime.batcher.depth == 0
