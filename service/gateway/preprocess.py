@@ -60,8 +60,9 @@ def preprocess(data: bytes, spec: ModelSpec, *, max_image_pixels: int) -> NDArra
 
     Returns a C-contiguous uint8 array shaped `spec.input_shape`. Raises `ImageTooLarge`
     (413) when the header declares more than `max_image_pixels` pixels, and
-    `UndecodableImage` (400) for anything Pillow cannot decode (garbage, truncated data,
-    unsupported format or mode).
+    `UndecodableImage` (400) for anything Pillow cannot decode or convert to RGB (garbage,
+    truncated data, unsupported format or mode). Only decoding and mode conversion map to
+    `UndecodableImage`: an exception in the resize and crop of decoded pixels propagates.
     """
     try:
         image = _open_checked(data, max_image_pixels)
@@ -70,7 +71,6 @@ def preprocess(data: bytes, spec: ModelSpec, *, max_image_pixels: int) -> NDArra
             image.draft(None, (target, target))
         image, transpose = _first_frame(image)
         rgb = to_rgb(image)
-        return _resize_and_crop(rgb, spec, transpose)
     except GatewayError:
         raise
     except Exception as exc:
@@ -78,6 +78,9 @@ def preprocess(data: bytes, spec: ModelSpec, *, max_image_pixels: int) -> NDArra
         # SyntaxError, ValueError, struct.error, IndexError, EOFError, ...). All of them
         # mean the client's bytes are not a usable image.
         raise UndecodableImage(f"cannot decode image: {_describe(exc)}") from exc
+    # The pixels are decoded RGB from here on: a failure now is a bug of ours (a 500 that
+    # monitoring sees), never the client's image (a 400).
+    return _resize_and_crop(rgb, spec, transpose)
 
 
 def _open_checked(data: bytes, max_image_pixels: int) -> Image.Image:
@@ -124,7 +127,9 @@ def _first_frame(image: Image.Image) -> tuple[Image.Image, Image.Transpose | Non
     """Decode frame 0; return it as stored with the transpose its EXIF orientation asks
     for (None when upright). The transpose is applied later, to the resized image: rotating
     a 12 MP phone photo costs more than rotating its 256-pixel resize."""
-    if getattr(image, "n_frames", 1) > 1:
+    # Opened at frame 0 already; never count the frames: that parses every later frame's
+    # header, and a corrupt one would refuse an image whose first frame decodes.
+    if image.tell() != 0:
         image.seek(0)
     image.load()
     orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
