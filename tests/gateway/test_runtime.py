@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +25,7 @@ from service.gateway.backends import TopK, top_k_from_probs
 from service.gateway.errors import BackendUnavailable, RequestTimeout
 from service.gateway.metrics import GatewayMetrics
 from service.gateway.preprocess import preprocess
-from service.gateway.runtime import _Item, batch_function
+from service.gateway.runtime import Runtime, _Item, batch_function
 from service.gateway.settings import Settings
 from service.spec import ModelSpec
 from tests.gateway.conftest import NUM_CLASSES, FakeBackend, open_client
@@ -333,3 +334,85 @@ async def test_a_preprocessing_backlog_sheds_before_it_reaches_the_queue(
         # The pool is idle again: a request is admitted (and this one decoded: a 400).
         again = await client.post("/classify", content=b"garbage", headers=PNG)
         assert again.status_code == 400
+
+
+# -- the admission arithmetic, with a batcher that reports fixed numbers --------------------
+class Queue:
+    """Stands in for the batcher in `Runtime._would_shed`: a fixed per-image wait, and a
+    record of the image counts it was asked about."""
+
+    def __init__(self, shed: bool = False, per_image_s: float = 0.0) -> None:
+        self.shed = shed
+        self.per_image_s = per_image_s
+        self.asked: list[tuple[str, int]] = []
+
+    def would_shed(self, budget_s: float, images: int) -> bool:
+        self.asked.append(("would_shed", images))
+        return self.shed
+
+    def expected_wait_s(self, images: int) -> float:
+        self.asked.append(("expected_wait_s", images))
+        return images * self.per_image_s
+
+
+def admission(queue: Queue, *, behind: int, preprocess_s: float, workers: int) -> Runtime:
+    settings = Settings(preprocess_threads=workers)
+    runtime = Runtime(
+        settings=settings, model=None, backend=None, metrics=None, pool=None,  # type: ignore[arg-type]
+        batcher=queue, preprocessor=None,  # type: ignore[arg-type]
+    )
+    runtime.cpu_jobs, runtime._preprocess_s = behind, preprocess_s
+    return runtime
+
+
+def test_admission_counts_the_images_still_being_preprocessed_as_queued() -> None:
+    queue = Queue(shed=True)
+    assert admission(queue, behind=3, preprocess_s=0.0, workers=1)._would_shed(10.0, 2)
+    assert queue.asked == [("would_shed", 5)]
+
+
+def test_admission_never_sheds_on_an_estimate_alone_with_an_idle_pool() -> None:
+    queue = Queue(per_image_s=100.0)
+    assert not admission(queue, behind=0, preprocess_s=100.0, workers=1)._would_shed(1.0, 4)
+    assert queue.asked == [("would_shed", 4)]
+
+
+@pytest.mark.parametrize(
+    ("behind", "preprocess_s", "workers", "per_image_s", "shed"),
+    [
+        # pool (2 + 1) x 0.2 s / 2 = 0.3 s, queue 3 x 0.1 s = 0.3 s: 0.6 <= 0.75 x 1 s.
+        (2, 0.2, 2, 0.1, False),
+        # The same with one worker: 0.6 + 0.3 = 0.9 > 0.75.
+        (2, 0.2, 1, 0.1, True),
+        # Exactly at the line (0.5 + 0.25 = 0.75): admitted.
+        (4, 0.1, 1, 0.05, False),
+        # Just over it.
+        (4, 0.1, 1, 0.0501, True),
+    ],
+)
+def test_admission_adds_the_pool_backlog_to_the_queue_wait(
+    behind: int, preprocess_s: float, workers: int, per_image_s: float, shed: bool
+) -> None:
+    queue = Queue(per_image_s=per_image_s)
+    runtime = admission(queue, behind=behind, preprocess_s=preprocess_s, workers=workers)
+    assert runtime._would_shed(1.0, 1) is shed
+    assert queue.asked == [("would_shed", behind + 1), ("expected_wait_s", behind + 1)]
+
+
+async def test_batch_function_logs_the_failed_batch_and_times_the_good_ones(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    backend, registry = Ranked(), CollectorRegistry()
+    run = batch_function(backend, GatewayMetrics("embedded", registry))  # type: ignore[arg-type]
+    now = time.perf_counter()
+    await run([item(1, 1, now)])
+    took = sample(registry, "ca_gateway_inference_duration_seconds_sum", backend="embedded")
+    assert 0 <= took < 1.0
+    backend.fail = RuntimeError("a bug")
+    with caplog.at_level(logging.ERROR, logger="ca.gateway.runtime"), pytest.raises(
+        BackendUnavailable
+    ):
+        await run([item(1, 1, now), item(2, 1, now)])
+    [record] = caplog.records
+    assert record.getMessage() == "backend embedded failed a batch of 2"
+    assert record.exc_info is not None

@@ -49,3 +49,14 @@ def test_row_trims_to_its_own_k_as_python_numbers() -> None:
     index, score = top.row(0, 2)[1]
     assert type(index) is int and type(score) is float
     assert len(top) == 2
+
+
+def test_ties_keep_index_order_in_a_full_size_row() -> None:
+    """1000 classes, many exact ties (as random-init weights give): a stable order, which
+    a plain quicksort does not keep at this size."""
+    probs = np.zeros((2, 1000), dtype=np.float32)
+    probs[:, :500] = 0.001
+    probs[:, 500:] = 0.0005
+    probs[1, 700] = 0.01
+    top = top_k_from_probs(probs, 5)
+    assert top.indices.tolist() == [[0, 1, 2, 3, 4], [700, 0, 1, 2, 3]]

@@ -109,3 +109,44 @@ def test_top_k_indices_are_best_first_with_ties_to_the_lower_index() -> None:
     assert top_k_indices(probs).tolist() == [[1, 3, 4, 2, 0]]
     assert top_k_indices(probs, 2).tolist() == [[1, 3]]
     assert top_k_indices(probs[:, :3], 10).tolist() == [[1, 2, 0]]
+
+
+def test_top_k_indices_keep_index_order_among_ties_in_a_full_size_row() -> None:
+    probs = np.zeros((1, 1000))
+    probs[0, 500:] = 0.001
+    assert top_k_indices(probs).tolist() == [[500, 501, 502, 503, 504]]
+
+
+def test_same_ranking_accepts_a_difference_of_exactly_the_tolerance() -> None:
+    ref = np.array([[0.75, 0.5, 0.25, 0.0]])
+    swapped = ref[:, [0, 2, 1, 3]]  # ranks 2 and 3 apart by exactly 0.25 (exact in binary)
+    assert same_ranking(swapped, ref, k=3, atol=0.25)
+    assert not same_ranking(swapped, ref, k=3, atol=0.2499)
+
+
+def test_verify_accepts_a_difference_of_exactly_the_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.model import export
+
+    limit = 2.0**-17  # exact in binary, so the difference below is exactly the limit
+    monkeypatch.setattr(export, "PROBS_ATOL", limit)
+    ref = reference()
+    got = ref.astype(np.float32).astype(np.float64)
+    got[0, 0] += limit
+    assert np.max(np.abs(got - ref.astype(np.float32).astype(np.float64))) == limit
+    ref32 = ref.astype(np.float32).astype(np.float64)
+    assert verify("onnx", ref32, runner(got), BATCH).max_abs_diff == limit
+    got[0, 0] += limit
+    with pytest.raises(ExportMismatch):
+        verify("onnx", ref32, runner(got), BATCH)
+
+
+def test_verify_runs_the_candidate_on_the_batch_it_was_given() -> None:
+    ref = reference()
+    seen: list[np.ndarray] = []
+
+    def candidate(batch: np.ndarray) -> np.ndarray:
+        seen.append(batch)
+        return ref[: len(batch)].astype(np.float32)
+
+    assert verify("onnx", ref, candidate, BATCH).batch_size == 3
+    assert len(seen) == 1 and seen[0] is BATCH
