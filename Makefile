@@ -9,7 +9,7 @@ REPO ?= model_repository
 ONNX := $(REPO)/ca_mobilenetv2_onnx/1/model.onnx
 WEIGHTS ?= default
 
-.PHONY: install run test lint system-deps repo clean
+.PHONY: install run test lint system-deps repo clean mutation
 
 install: $(STAMP)
 
@@ -43,5 +43,20 @@ lint: $(STAMP)
 test: $(STAMP) system-deps lint
 	$(VENV)/bin/pytest -q -p no:cacheprovider
 
+# Mutation testing of the code that decides answers: preprocessing, top-k and batch routing,
+# admission, the export gate, label loading (docs/testing.md). Slow (~1 h on 2 cores); not
+# part of `make test`. The mutants of other functions in these files are generated, not run.
+MUTATION_SCOPE := 'service.gateway.preprocess.*' 'service.gateway.backends.base.*' \
+	'service.gateway.batching.*' 'service.gateway.runtime.x_batch_function*' \
+	'service.gateway.runtime.*_would_shed*' 'service.model.export.x_verify*' \
+	'service.model.export.x_same_ranking*' 'service.model.export.x_top_k_indices*' \
+	'service.spec.x_load_labels*' 'service.spec.x_default_labels_path*'
+
+mutation: $(STAMP)
+	$(PY) -m pip install -q -e '.[mutation]'
+	rm -rf mutants
+	HYPOTHESIS_EXAMPLES_SCALE=0.2 $(VENV)/bin/mutmut run $(MUTATION_SCOPE)
+	$(VENV)/bin/mutmut results
+
 clean:
-	rm -rf $(VENV) build $(REPO)/*/[0-9]*/
+	rm -rf $(VENV) build mutants $(REPO)/*/[0-9]*/

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import struct
 import warnings
 from enum import Enum
@@ -40,10 +41,18 @@ FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP")
 # A header, then garbage: reaches deeper into each decoder than random bytes do.
 MAGICS = (b"\xff\xd8\xff\xe0", b"\x89PNG\r\n\x1a\n", b"GIF89a", b"GIF87a", b"BM",
           b"II*\x00", b"MM\x00*", b"RIFF\x00\x00\x00\x00WEBPVP8 ")
+# `make mutation` runs these once per mutant and scales the example counts down (0.2).
+EXAMPLES_SCALE = float(os.environ.get("HYPOTHESIS_EXAMPLES_SCALE", "1"))
+
+
+def examples(count: int) -> int:
+    return max(10, int(count * EXAMPLES_SCALE))
+
+
 # Derandomized: the same examples on every run, so a red run is a real regression and a
 # mutation run is reproducible (explore with `derandomize=False` when changing the code).
 HYPOTHESIS = settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow],
+    max_examples=examples(150), deadline=None, suppress_health_check=[HealthCheck.too_slow],
     database=None, derandomize=True,
 )
 
@@ -280,7 +289,7 @@ def corrupted(draw: st.DrawFn) -> bytes:
     return bytes(data)
 
 
-@settings(max_examples=1000, deadline=None, database=None, derandomize=True,
+@settings(max_examples=examples(1000), deadline=None, database=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow])
 @given(corrupted())
 def test_corrupted_images(data: bytes) -> None:
