@@ -293,3 +293,31 @@ def test_formats_outside_the_list_are_refused() -> None:
 def test_to_rgb_keeps_rgb_untouched() -> None:
     image = gradient(10, 10)
     assert to_rgb(image) is image
+
+
+@pytest.mark.parametrize(
+    ("value", "grey"), [(0, 0), (256, 0), (257, 1), (128 * 257, 128), (65535, 255)]
+)
+def test_sixteen_bit_grey_levels_map_exactly(value: int, grey: int) -> None:
+    """value // 257: 0..65535 onto 0..255 with white staying white."""
+    image = Image.fromarray(np.full((40, 60), value, dtype=np.uint16))
+    assert image.mode == "I;16"
+    assert (run(encode(image, "PNG")) == grey).all()
+
+
+@pytest.mark.parametrize(("value", "grey"), [(-1000, 0), (70_000, 255), (514, 2)])
+def test_thirty_two_bit_grey_is_clipped_to_the_sixteen_bit_range(value: int, grey: int) -> None:
+    image = Image.fromarray(np.full((40, 60), value, dtype=np.int32))
+    assert image.mode == "I"
+    assert (run(encode(image, "TIFF")) == grey).all()
+
+
+def test_decode_errors_are_described_briefly() -> None:
+    from service.gateway.preprocess import _describe
+
+    assert _describe(ValueError("  broken data stream \n")) == "broken data stream"
+    assert _describe(struct.error()) == "error"
+    assert _describe(EOFError("")) == "EOFError"
+    assert _describe(OSError("x" * 500)) == "x" * 200
+    with pytest.raises(UndecodableImage, match=r"^cannot decode image: .*truncated"):
+        run(encode(gradient(64, 48), "PNG")[:-40])
