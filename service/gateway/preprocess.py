@@ -137,8 +137,9 @@ def _first_frame(image: Image.Image) -> tuple[Image.Image, Image.Transpose | Non
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Any Pillow mode to 8-bit RGB; transparency is composited over white."""
-    if image.mode == "RGB":
+    """Any Pillow mode to 8-bit RGB; transparency (an alpha channel or a PNG colour key,
+    RGB's included) is composited over white."""
+    if image.mode == "RGB" and "transparency" not in image.info:
         return image
     if image.mode in _SIXTEEN_BIT_MODES:
         # Pillow's own I;16 -> L conversion clips at 255 (a white image); scale instead.

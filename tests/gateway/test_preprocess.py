@@ -321,3 +321,26 @@ def test_decode_errors_are_described_briefly() -> None:
     assert _describe(OSError("x" * 500)) == "x" * 200
     with pytest.raises(UndecodableImage, match=r"^cannot decode image: .*truncated"):
         run(encode(gradient(64, 48), "PNG")[:-40])
+
+
+@pytest.mark.parametrize(("value", "grey"), [(-5.0, 0), (0.0, 0), (100.7, 100), (300.0, 255)])
+def test_float_grey_is_clipped_and_truncated(value: float, grey: int) -> None:
+    image = Image.fromarray(np.full((40, 60), value, dtype=np.float32))
+    assert image.mode == "F"
+    assert (run(encode(image, "TIFF")) == grey).all()
+
+
+@pytest.mark.parametrize(
+    ("mode", "transparent", "other"),
+    [("L", 40, 90), ("RGB", (40, 50, 60), (90, 10, 10)), ("1", 0, 255)],
+)
+def test_a_transparent_colour_key_shows_white(
+    mode: str, transparent: int | tuple[int, int, int], other: int | tuple[int, int, int]
+) -> None:
+    """PNG's colour-key transparency (no alpha channel): keyed pixels become white."""
+    image = Image.new(mode, (64, 48), transparent)
+    image.paste(other, (32, 0, 64, 48))
+    out = run(encode(image, "PNG", transparency=transparent))
+    assert (out[:, :100] == 255).all()  # the keyed left half
+    expected = np.array(Image.new(mode, (1, 1), other).convert("RGB"))[0, 0]
+    assert (out[:, 124:] == expected).all()
