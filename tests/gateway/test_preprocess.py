@@ -344,3 +344,34 @@ def test_a_transparent_colour_key_shows_white(
     assert (out[:, :100] == 255).all()  # the keyed left half
     expected = np.array(Image.new(mode, (1, 1), other).convert("RGB"))[0, 0]
     assert (out[:, 124:] == expected).all()
+
+
+@pytest.mark.parametrize(
+    ("data", "error", "message"),
+    [
+        (b"", UndecodableImage, "^empty image$"),
+        (b"GIF87a but not really", UndecodableImage,
+         r"^not a JPEG, PNG, WebP, GIF, BMP or TIFF image \(or a corrupt one\)$"),
+        (_png_header_only(10_000, 5_000), ImageTooLarge,
+         "^image is 10000x5000 = 50000000 pixels; the limit is 40000000$"),
+        (_png_header_only(60_000, 60_000), ImageTooLarge, "^image too large: Image size"),
+    ],
+    ids=["empty", "garbage", "over-the-limit", "pillow-bomb"],
+)
+def test_refusals_say_why(data: bytes, error: type[Exception], message: str) -> None:
+    with pytest.raises(error, match=message):
+        run(data)
+
+
+def test_mpo_photos_are_drafted_like_jpegs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Phones' multi-picture JPEGs (MPO) are decoded at reduced scale as JPEGs are."""
+    from service.gateway import preprocess as preprocess_module
+
+    big = gradient(1400, 1100)
+    jpeg = encode(big, "JPEG", quality=90)
+    mpo = encode(big, "MPO", save_all=True, append_images=[big.copy()], quality=90)
+    assert Image.open(io.BytesIO(mpo)).format == "MPO"
+    drafted = run(mpo)
+    assert (drafted == run(jpeg)).all()
+    monkeypatch.setattr(preprocess_module, "DRAFT_MARGIN", 100)  # never reduce
+    assert (run(mpo) != drafted).any()  # full-scale decoding gives other pixels
