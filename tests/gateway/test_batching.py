@@ -224,7 +224,8 @@ async def test_concurrent_batches_overlap(recorder: Recorder) -> None:
 )
 def test_rejects_bad_configuration(recorder: Recorder, bad: dict[str, int]) -> None:
     options = {"max_batch_size": 1, "max_batch_delay_s": 0.0, "max_queue": 1} | bad
-    with pytest.raises(ValueError, match="max_batch_size, max_queue and max_concurrent_batches"):
+    message = r"^max_batch_size, max_queue and max_concurrent_batches must be >= 1$"
+    with pytest.raises(ValueError, match=message):
         MicroBatcher(recorder, **options)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"max_batch_delay_s must be >= 0, got -1.0"):
         MicroBatcher(recorder, max_batch_size=1, max_batch_delay_s=-1.0, max_queue=1)
@@ -235,7 +236,7 @@ async def test_submit_before_start_is_refused(recorder: Recorder) -> None:
         recorder, max_batch_size=1, max_batch_delay_s=0.0, max_queue=1
     )
     assert b.closed is False
-    with pytest.raises(BatcherClosedError, match="the batcher is not running"):
+    with pytest.raises(BatcherClosedError, match=r"^the batcher is not running$"):
         await b.submit(1)
 
 
