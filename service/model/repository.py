@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -32,6 +33,9 @@ from service.model.checkpoint import (
 from service.model.demo import DEMO_NOTE, DEMO_SEED, DEMO_SOURCE, demo_network
 from service.model.export import (
     Agreement,
+    Batch,
+    Probs,
+    Runner,
     eager_runner,
     export_onnx,
     export_torchscript,
@@ -232,15 +236,29 @@ def build_repository(
         if kind == "torchscript":
             path = version_dir / "model.pt"
             with _step(progress, f"exporting TorchScript -> {path}"):
-                export_torchscript(served, path, spec)
                 report.agreements.append(
-                    verify("torchscript", reference, torchscript_runner(path), batch)
+                    _export_verified(
+                        "torchscript",
+                        path,
+                        partial(export_torchscript, served, spec=spec),
+                        torchscript_runner,
+                        reference,
+                        batch,
+                    )
                 )
         elif kind in ("onnx", "python_onnx"):
             path = version_dir / "model.onnx"
             with _step(progress, f"exporting ONNX -> {path}"):
-                export_onnx(served, path, spec)
-                report.agreements.append(verify("onnx", reference, onnx_runner(path, spec), batch))
+                report.agreements.append(
+                    _export_verified(
+                        "onnx",
+                        path,
+                        partial(export_onnx, served, spec=spec),
+                        partial(onnx_runner, spec=spec),
+                        reference,
+                        batch,
+                    )
+                )
             if kind == "python_onnx":
                 shutil.copy2(PYTHON_MODEL, version_dir / "model.py")
         elif kind == "tensorrt":
@@ -260,6 +278,29 @@ def build_repository(
             "labels are meaningless."
         )
     return report
+
+
+def _export_verified(
+    form: str,
+    path: Path,
+    export: Callable[[Path], None],
+    runner: Callable[[Path], Runner],
+    reference: Probs,
+    batch: Batch,
+) -> Agreement:
+    """Export to a staging name beside `path`, check it against eager, and only then move
+    it to `path`: an export that fails the check (`ExportMismatch`) is deleted, so nothing
+    unverified is ever where Triton or the gateway would load it. A model an earlier build
+    verified at `path` is left as it was."""
+    staging = path.with_name(f".{path.name}.unverified")
+    try:
+        export(staging)
+        agreement = verify(form, reference, runner(staging), batch)
+    except BaseException:
+        staging.unlink(missing_ok=True)
+        raise
+    staging.replace(path)
+    return agreement
 
 
 def _tensorrt_step(output: Path, requested: bool, progress: Progress) -> str:

@@ -293,3 +293,85 @@ def test_formats_outside_the_list_are_refused() -> None:
 def test_to_rgb_keeps_rgb_untouched() -> None:
     image = gradient(10, 10)
     assert to_rgb(image) is image
+
+
+@pytest.mark.parametrize(
+    ("value", "grey"), [(0, 0), (256, 0), (257, 1), (128 * 257, 128), (65535, 255)]
+)
+def test_sixteen_bit_grey_levels_map_exactly(value: int, grey: int) -> None:
+    """value // 257: 0..65535 onto 0..255 with white staying white."""
+    image = Image.fromarray(np.full((40, 60), value, dtype=np.uint16))
+    assert image.mode == "I;16"
+    assert (run(encode(image, "PNG")) == grey).all()
+
+
+@pytest.mark.parametrize(("value", "grey"), [(-1000, 0), (70_000, 255), (514, 2)])
+def test_thirty_two_bit_grey_is_clipped_to_the_sixteen_bit_range(value: int, grey: int) -> None:
+    image = Image.fromarray(np.full((40, 60), value, dtype=np.int32))
+    assert image.mode == "I"
+    assert (run(encode(image, "TIFF")) == grey).all()
+
+
+def test_decode_errors_are_described_briefly() -> None:
+    from service.preprocess import _describe
+
+    assert _describe(ValueError("  broken data stream \n")) == "broken data stream"
+    assert _describe(struct.error()) == "error"
+    assert _describe(EOFError("")) == "EOFError"
+    assert _describe(OSError("x" * 500)) == "x" * 200
+    with pytest.raises(UndecodableImage, match=r"^cannot decode image: .*truncated"):
+        run(encode(gradient(64, 48), "PNG")[:-40])
+
+
+@pytest.mark.parametrize(("value", "grey"), [(-5.0, 0), (0.0, 0), (100.7, 100), (300.0, 255)])
+def test_float_grey_is_clipped_and_truncated(value: float, grey: int) -> None:
+    image = Image.fromarray(np.full((40, 60), value, dtype=np.float32))
+    assert image.mode == "F"
+    assert (run(encode(image, "TIFF")) == grey).all()
+
+
+@pytest.mark.parametrize(
+    ("mode", "transparent", "other"),
+    [("L", 40, 90), ("RGB", (40, 50, 60), (90, 10, 10)), ("1", 0, 255)],
+)
+def test_a_transparent_colour_key_shows_white(
+    mode: str, transparent: int | tuple[int, int, int], other: int | tuple[int, int, int]
+) -> None:
+    """PNG's colour-key transparency (no alpha channel): keyed pixels become white."""
+    image = Image.new(mode, (64, 48), transparent)
+    image.paste(other, (32, 0, 64, 48))
+    out = run(encode(image, "PNG", transparency=transparent))
+    assert (out[:, :100] == 255).all()  # the keyed left half
+    expected = np.array(Image.new(mode, (1, 1), other).convert("RGB"))[0, 0]
+    assert (out[:, 124:] == expected).all()
+
+
+@pytest.mark.parametrize(
+    ("data", "error", "message"),
+    [
+        (b"", UndecodableImage, "^empty image$"),
+        (b"GIF87a but not really", UndecodableImage,
+         r"^not a JPEG, PNG, WebP, GIF, BMP or TIFF image \(or a corrupt one\)$"),
+        (_png_header_only(10_000, 5_000), ImageTooLarge,
+         "^image is 10000x5000 = 50000000 pixels; the limit is 40000000$"),
+        (_png_header_only(60_000, 60_000), ImageTooLarge, "^image too large: Image size"),
+    ],
+    ids=["empty", "garbage", "over-the-limit", "pillow-bomb"],
+)
+def test_refusals_say_why(data: bytes, error: type[Exception], message: str) -> None:
+    with pytest.raises(error, match=message):
+        run(data)
+
+
+def test_mpo_photos_are_drafted_like_jpegs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Phones' multi-picture JPEGs (MPO) are decoded at reduced scale as JPEGs are."""
+    from service import preprocess as preprocess_module
+
+    big = gradient(1400, 1100)
+    jpeg = encode(big, "JPEG", quality=90)
+    mpo = encode(big, "MPO", save_all=True, append_images=[big.copy()], quality=90)
+    assert Image.open(io.BytesIO(mpo)).format == "MPO"
+    drafted = run(mpo)
+    assert (drafted == run(jpeg)).all()
+    monkeypatch.setattr(preprocess_module, "DRAFT_MARGIN", 100)  # never reduce
+    assert (run(mpo) != drafted).any()  # full-scale decoding gives other pixels

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from service.gateway import routes
 from service.gateway.app import create_app
 from service.gateway.settings import Settings
 from tests.gateway.conftest import NUM_CLASSES, FakeBackend, open_client
@@ -192,9 +193,24 @@ async def test_openapi_documents_the_responses(client: httpx.AsyncClient) -> Non
     assert (await client.get("/docs")).status_code == 200
 
 
-async def test_index_without_static_page(client: httpx.AsyncClient) -> None:
+async def test_index_serves_the_page(client: httpx.AsyncClient) -> None:
     response = await client.get("/")
     assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/html")
+    assert response.text == (routes.STATIC_DIR / "index.html").read_text(encoding="utf-8")
+    assert "<title>ca-serve" in response.text
+
+
+async def test_index_without_static_page(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A build without the page (an empty static folder) still answers `/` with where to go."""
+    monkeypatch.setattr(routes, "STATIC_DIR", tmp_path)
+    response = await client.get("/")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    assert response.json() == {"service": "ca-serve", "docs": "/docs", "classify": "/classify"}
+    assert (await client.get(response.json()["docs"])).status_code == 200
 
 
 async def test_apps_are_independent(tiny_settings: Settings) -> None:

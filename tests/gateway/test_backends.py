@@ -4,6 +4,7 @@ check and classification parsing, and the security/metrics helpers they report t
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from service.errors import BackendUnavailable, ContractError
+from service.gateway.app import create_app
 from service.gateway.backends.base import ModelId
 from service.gateway.backends.embedded import EmbeddedBackend, open_session
 from service.gateway.backends.triton import TritonBackend
@@ -28,7 +30,9 @@ from service.gateway.backends.triton_contract import (
 )
 from service.gateway.metrics import BATCH_SIZE_BUCKETS, DURATION_BUCKETS, GatewayMetrics
 from service.gateway.security import ApiKeys
+from service.gateway.settings import Settings
 from service.spec import ModelSpec
+from tests.gateway.conftest import open_client
 from tests.support.gateway import TINY_MODEL, write_tiny_repository
 
 SPEC = ModelSpec(name=TINY_MODEL, num_classes=10)
@@ -281,6 +285,21 @@ def test_metrics_multiprocess_mode_aggregates_workers(tmp_path: Path) -> None:
     assert "ca_gateway_batch_size_count 2.0" in outputs[1]  # both workers' batches
 
 
-def test_tiny_repository_random_init_flag(tmp_path: Path) -> None:
-    root = write_tiny_repository(tmp_path, random_init=True)
-    assert '"random_init": true' in (root / TINY_MODEL / "1" / "weights.json").read_text()
+@pytest.mark.parametrize("random_init", [True, False])
+async def test_tiny_repository_random_init_flag(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, random_init: bool
+) -> None:
+    """The flag reaches what the gateway serves: `/v1/model` says plainly whether the
+    weights are random, and start-up logs a warning only when they are."""
+    root = write_tiny_repository(tmp_path, random_init=random_init)
+    app = create_app(Settings(model_repository=root, model_name=TINY_MODEL))
+    with caplog.at_level(logging.WARNING, logger="ca.gateway.model"):
+        async for client in open_client(app):
+            weights = (await client.get("/v1/model")).json()["weights"]
+    assert weights["random_init"] is random_init
+    if random_init:
+        assert weights["source"] == "random" and "RANDOM" in weights["warning"]
+    else:
+        assert weights["source"] == "tests/tiny" and weights["warning"] is None
+    warned = [r for r in caplog.records if "RANDOM-INIT" in r.getMessage()]
+    assert len(warned) == (1 if random_init else 0)

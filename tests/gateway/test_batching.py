@@ -108,7 +108,7 @@ async def test_queue_full_fails_fast(recorder: Recorder) -> None:
         queued = [asyncio.ensure_future(b.submit(i)) for i in (1, 2)]
         await asyncio.sleep(0)
         assert b.depth == 2
-        with pytest.raises(QueueFullError):
+        with pytest.raises(QueueFullError, match=r"queue full \(2 waiting\)"):
             await b.submit(3)
         recorder.gate.set()
         assert await running == 0 and [await q for q in queued] == [2, 4]
@@ -188,6 +188,7 @@ async def test_output_count_is_checked(recorder: Recorder) -> None:
     try:
         results = await asyncio.gather(b.submit(1), b.submit(2), return_exceptions=True)
         assert all(isinstance(r, BatchSizeMismatchError) for r in results)
+        assert str(results[0]) == "batch function returned 1 outputs for 2 inputs"
     finally:
         await b.close()
 
@@ -199,7 +200,7 @@ async def test_close_finishes_queued_items_then_refuses(recorder: Recorder) -> N
     await asyncio.sleep(0)
     await b.close()
     assert [t.result() for t in tasks] == [2 * i for i in range(7)]
-    with pytest.raises(BatcherClosedError):
+    with pytest.raises(BatcherClosedError, match="not running"):
         await b.submit(1)
     assert b.closed
 
@@ -216,10 +217,17 @@ async def test_concurrent_batches_overlap(recorder: Recorder) -> None:
         await b.close()
 
 
-def test_rejects_bad_configuration(recorder: Recorder) -> None:
-    with pytest.raises(ValueError):
-        MicroBatcher(recorder, max_batch_size=0, max_batch_delay_s=0.0, max_queue=1)
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize(
+    "bad",
+    [{"max_batch_size": 0}, {"max_queue": 0}, {"max_concurrent_batches": 0}],
+    ids=["batch", "queue", "concurrency"],
+)
+def test_rejects_bad_configuration(recorder: Recorder, bad: dict[str, int]) -> None:
+    options = {"max_batch_size": 1, "max_batch_delay_s": 0.0, "max_queue": 1} | bad
+    message = r"^max_batch_size, max_queue and max_concurrent_batches must be >= 1$"
+    with pytest.raises(ValueError, match=message):
+        MicroBatcher(recorder, **options)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"max_batch_delay_s must be >= 0, got -1.0"):
         MicroBatcher(recorder, max_batch_size=1, max_batch_delay_s=-1.0, max_queue=1)
 
 
@@ -227,5 +235,124 @@ async def test_submit_before_start_is_refused(recorder: Recorder) -> None:
     b: MicroBatcher[int, int] = MicroBatcher(
         recorder, max_batch_size=1, max_batch_delay_s=0.0, max_queue=1
     )
-    with pytest.raises(BatcherClosedError):
+    assert b.closed is False
+    with pytest.raises(BatcherClosedError, match=r"^the batcher is not running$"):
         await b.submit(1)
+
+
+async def test_a_batch_whose_callers_all_left_does_not_stop_the_worker(recorder: Recorder) -> None:
+    b = await make(recorder, max_batch_delay_s=0.05)
+    try:
+        gone = asyncio.ensure_future(b.submit(7))
+        await asyncio.sleep(0.01)
+        gone.cancel()  # the only item of its batch
+        await asyncio.sleep(0.1)
+        assert recorder.batches == []
+        assert await asyncio.wait_for(b.submit(8), 1.0) == 16
+    finally:
+        await b.close()
+
+
+@pytest.mark.parametrize("batch_size", [1, 4])
+async def test_depth_counts_only_callers_still_waiting(recorder: Recorder, batch_size: int) -> None:
+    recorder.gate = asyncio.Event()
+    b = await make(recorder, max_batch_size=batch_size, max_batch_delay_s=0.0)
+    try:
+        running = asyncio.ensure_future(b.submit(0))
+        await asyncio.sleep(0.01)
+        queued = [asyncio.ensure_future(b.submit(i)) for i in (1, 2, 3, 4)]
+        await asyncio.sleep(0)
+        assert b.depth == 4
+        queued[0].cancel()
+        queued[2].cancel()
+        await asyncio.sleep(0)
+        assert b.depth == 2  # two callers left: their items no longer count
+        recorder.gate.set()
+        assert await running == 0
+        assert await queued[1] == 4 and await queued[3] == 8
+        assert b.depth == 0  # the abandoned items were dropped, and uncounted, on the way
+        assert recorder.batches == ([[0], [2], [4]] if batch_size == 1 else [[0], [2, 4]])
+    finally:
+        await b.close()
+
+
+async def test_expected_wait_counts_every_batch_in_flight(recorder: Recorder) -> None:
+    b = await make(recorder, max_batch_size=1, max_batch_delay_s=0.0, max_concurrent_batches=2)
+    try:
+        assert await b.submit(1) == 2  # one finished batch: a per-item estimate exists
+        recorder.gate = asyncio.Event()
+        running = [asyncio.ensure_future(b.submit(i)) for i in (2, 3)]
+        await asyncio.sleep(0.01)
+        assert len(recorder.batches) == 3 and b.depth == 0  # two batches in flight
+        # (in flight + queued + asked) x per-item / concurrency: 2 ahead, then 3 with one more.
+        assert b.expected_wait_s(1) == pytest.approx(1.5 * b.expected_wait_s(0))
+        assert b.expected_wait_s(0) > 0
+        recorder.gate.set()
+        assert await asyncio.gather(*running) == [4, 6]
+    finally:
+        await b.close()
+
+
+async def test_close_waits_for_batches_still_running() -> None:
+    async def slow_for_odd(items: Sequence[int]) -> list[int]:
+        await asyncio.sleep(0.3 if items[0] % 2 else 0.02)
+        return [2 * item for item in items]
+
+    b: MicroBatcher[int, int] = MicroBatcher(
+        slow_for_odd, max_batch_size=1, max_batch_delay_s=0.0, max_queue=8,
+        max_concurrent_batches=2,
+    )
+    b.start()
+    tasks = [asyncio.ensure_future(b.submit(i)) for i in (1, 2)]
+    await asyncio.sleep(0.01)  # both running, on two slots; 2 ends first and frees a slot
+    await b.close()
+    assert all(t.done() for t in tasks) and [t.result() for t in tasks] == [2, 4]
+
+
+async def test_the_batcher_reports_nothing_to_the_event_loop(recorder: Recorder) -> None:
+    """Batches that succeed, fail, and lose their callers leave no error for the loop's
+    exception handler (a broken callback or an unretrieved exception would)."""
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, object]] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _, context: reported.append(context))
+    try:
+        b = await make(recorder, max_batch_size=2, max_concurrent_batches=2)
+        assert await asyncio.gather(b.submit(1), b.submit(2)) == [2, 4]
+        recorder.fail_with = RuntimeError("down")
+        with pytest.raises(RuntimeError):
+            await b.submit(3)
+        recorder.fail_with = None
+        gone = asyncio.ensure_future(b.submit(4))
+        await asyncio.sleep(0)
+        gone.cancel()
+        assert await b.submit(5) == 10
+        await b.close()
+        await asyncio.sleep(0.01)
+    finally:
+        loop.set_exception_handler(previous)
+    assert reported == []
+
+
+async def test_the_wait_estimate_is_a_moving_average_per_item() -> None:
+    """Per item of each successful batch, 0.8 old + 0.2 new: 2 items in 0.2 s (0.1 each),
+    then 1 item in 0.5 s, give 0.8 x 0.1 + 0.2 x 0.5 = 0.18 s per item."""
+
+    async def timed(items: Sequence[float]) -> list[float]:
+        await asyncio.sleep(items[0])
+        return list(items)
+
+    b: MicroBatcher[float, float] = MicroBatcher(
+        timed, max_batch_size=2, max_batch_delay_s=0.05, max_queue=8
+    )
+    b.start()
+    try:
+        assert b.expected_wait_s() == 0.0
+        await asyncio.gather(b.submit(0.2), b.submit(0.2))
+        assert b.expected_wait_s() == pytest.approx(0.1 + 0.025, abs=0.03)
+        await b.submit(0.5)
+        # Scheduling delays only lengthen batches: a little above 0.18, never below.
+        assert 0.17 <= b.expected_wait_s() <= 0.25, b.expected_wait_s()
+        assert b.expected_wait_s(2) == pytest.approx(2 * b.expected_wait_s())
+    finally:
+        await b.close()

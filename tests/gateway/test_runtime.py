@@ -1,0 +1,418 @@
+"""The runtime between the routes and the batcher: per-request `top_k` inside a shared
+batch, shedding before decoding, the queue-wait histogram, and the batch function's
+routing of rows and errors. In process (the app over httpx's ASGI transport, or the
+batch function called directly); fast."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+import pytest
+from numpy.typing import NDArray
+from PIL import Image
+from prometheus_client import CollectorRegistry
+
+from service.errors import BackendUnavailable, RequestTimeout
+from service.gateway.app import create_app
+from service.gateway.backends import TopK, top_k_from_probs
+from service.gateway.metrics import GatewayMetrics
+from service.gateway.runtime import Runtime, _Item, batch_function
+from service.gateway.settings import Settings
+from service.preprocess import preprocess
+from service.spec import ModelSpec
+from tests.gateway.conftest import NUM_CLASSES, FakeBackend, open_client
+from tests.support.gateway import TINY_MODEL
+
+PNG = {"Content-Type": "image/png"}
+
+
+def png(color: tuple[int, int, int], size: tuple[int, int] = (64, 48)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def gradient_png(seed: int) -> bytes:
+    """A different, non-uniform image per seed (the tiny model answers from a 4x4 grid)."""
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
+    image = Image.fromarray(pixels, "RGB").resize((96, 80), Image.Resampling.NEAREST)
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    value = registry.get_sample_value(name, labels)
+    return 0.0 if value is None else value
+
+
+def at_most(registry: CollectorRegistry, histogram: str, bound_s: float) -> float:
+    """Observations of an unlabelled histogram in its buckets up to `bound_s` (the largest
+    bucket bound not above it)."""
+    buckets = {
+        float(s.labels["le"]): s.value
+        for metric in registry.collect()
+        for s in metric.samples
+        if s.name == f"{histogram}_bucket"
+    }
+    return buckets[max(le for le in buckets if le <= bound_s)]
+
+
+# -- per-request top_k inside one shared batch (the real batcher and embedded backend) ------
+class ServedReference:
+    """The tiny ONNX model run directly on the gateway's preprocessing: the answer a
+    request would get alone."""
+
+    def __init__(self, repository: Path) -> None:
+        model_dir = repository / TINY_MODEL
+        self.spec = ModelSpec.load(model_dir)
+        self.session = ort.InferenceSession(
+            str(model_dir / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
+        )
+
+    def top(self, data: bytes, k: int) -> list[tuple[int, float]]:
+        image = preprocess(data, self.spec, max_image_pixels=40_000_000)
+        probs = self.session.run(["PROBS"], {"IMAGE": image[None]})[0][0]
+        order = np.argsort(-probs, kind="stable")[:k]
+        return [(int(i), float(probs[i])) for i in order]
+
+
+def ranking(response: httpx.Response) -> list[tuple[int, float]]:
+    assert response.status_code == 200, response.text
+    [result] = response.json()["results"]
+    return [(p["index"], p["score"]) for p in result["predictions"]]
+
+
+@pytest.mark.parametrize("ks", [(1, 5), (5, 1), (3, 10)], ids=["1-then-5", "5-then-1", "3-10"])
+async def test_each_request_keeps_its_own_top_k_in_a_shared_batch(
+    tiny_repository: Path, ks: tuple[int, int]
+) -> None:
+    # A batch closes at two images; the window (1 s) is far longer than the two requests
+    # take to arrive, so they can only be answered from one shared backend call.
+    settings = Settings(
+        model_repository=tiny_repository,
+        model_name=TINY_MODEL,
+        max_batch_size=2,
+        max_batch_delay_ms=1000.0,
+    )
+    registry = CollectorRegistry()
+    images = [gradient_png(1), gradient_png(2)]
+    reference = ServedReference(tiny_repository)
+    async for client in open_client(create_app(settings, registry=registry)):
+        responses = await asyncio.gather(
+            *(
+                client.post(f"/classify?top_k={k}", content=data, headers=PNG)
+                for k, data in zip(ks, images, strict=True)
+            )
+        )
+        # One backend call holding both images: the batch really was shared.
+        assert sample(registry, "ca_gateway_batch_size_count") == 1
+        assert sample(registry, "ca_gateway_batch_size_sum") == 2
+        for k, data, response in zip(ks, images, responses, strict=True):
+            got, want = ranking(response), reference.top(data, k)
+            assert len(got) == k, (k, got)
+            assert [i for i, _ in got] == [i for i, _ in want]
+            assert [s for _, s in got] == pytest.approx([s for _, s in want], abs=1e-6)
+
+
+# -- the batch function alone --------------------------------------------------------------
+class Ranked:
+    """A backend whose answer for image i is known: row i ranks classes from `start(i)`
+    upwards, with strictly falling scores. Records each `k` it was asked for."""
+
+    name = "embedded"
+
+    def __init__(self, num_classes: int = NUM_CLASSES) -> None:
+        self.num_classes = num_classes
+        self.asked: list[tuple[int, int]] = []  # (batch size, k)
+        self.fail: Exception | None = None
+        self.rows_short = False
+
+    @staticmethod
+    def start(image: NDArray[np.uint8]) -> int:
+        return int(image[0, 0, 0])
+
+    def probs(self, batch: NDArray[np.uint8]) -> NDArray[np.float32]:
+        probs = np.zeros((len(batch), self.num_classes), dtype=np.float32)
+        for row, image in enumerate(batch):
+            for rank in range(self.num_classes):
+                probs[row, (self.start(image) + rank) % self.num_classes] = 0.5**rank
+        return probs
+
+    async def top_k(self, batch: NDArray[np.uint8], k: int) -> TopK:
+        self.asked.append((len(batch), k))
+        if self.fail is not None:
+            raise self.fail
+        top = top_k_from_probs(self.probs(batch), k)
+        if self.rows_short:
+            return TopK(top.indices[:-1], top.scores[:-1])
+        return top
+
+
+def item(start: int, k: int, enqueued_at: float) -> _Item:
+    image = np.full((4, 4, 3), start, dtype=np.uint8)
+    return _Item(image, k, enqueued_at)
+
+
+def expected_row(start: int, k: int) -> list[tuple[int, float]]:
+    return [((start + rank) % NUM_CLASSES, 0.5**rank) for rank in range(k)]
+
+
+async def test_batch_function_asks_once_for_the_largest_k_and_trims_each_row() -> None:
+    backend, registry = Ranked(), CollectorRegistry()
+    run = batch_function(backend, GatewayMetrics("embedded", registry))  # type: ignore[arg-type]
+    now = time.perf_counter()
+    items = [item(3, 1, now), item(7, 4, now), item(0, 2, now)]
+    rows = await run(items)
+    assert backend.asked == [(3, 4)]
+    assert rows == [expected_row(3, 1), expected_row(7, 4), expected_row(0, 2)]
+    assert sample(registry, "ca_gateway_batch_size_count") == 1
+    assert sample(registry, "ca_gateway_batch_size_sum") == 3
+    assert sample(registry, "ca_gateway_inference_duration_seconds_count", backend="embedded") == 1
+
+
+async def test_batch_function_observes_each_images_wait() -> None:
+    backend, registry = Ranked(), CollectorRegistry()
+    run = batch_function(backend, GatewayMetrics("embedded", registry))  # type: ignore[arg-type]
+    now = time.perf_counter()
+    await run([item(1, 1, now - 0.5), item(2, 1, now - 2.0), item(3, 1, now)])
+    assert sample(registry, "ca_gateway_queue_wait_seconds_count") == 3
+    assert sample(registry, "ca_gateway_queue_wait_seconds_sum") == pytest.approx(2.5, abs=0.2)
+    # One fresh, one half a second old, one two seconds old: each in its own bucket.
+    assert at_most(registry, "ca_gateway_queue_wait_seconds", 0.11) == 1
+    assert at_most(registry, "ca_gateway_queue_wait_seconds", 1.0) == 2
+
+
+@pytest.mark.parametrize(
+    ("failure", "reason", "message"),
+    [
+        (BackendUnavailable("connection reset"), "unavailable", "connection reset"),
+        (RequestTimeout("too slow"), "timeout", "too slow"),
+        (RuntimeError("a bug"), "error", "inference failed: RuntimeError"),
+    ],
+)
+async def test_batch_function_counts_and_maps_backend_failures(
+    failure: Exception, reason: str, message: str
+) -> None:
+    backend, registry = Ranked(), CollectorRegistry()
+    backend.fail = failure
+    run = batch_function(backend, GatewayMetrics("embedded", registry))  # type: ignore[arg-type]
+    expected = type(failure) if isinstance(failure, BackendUnavailable | RequestTimeout) else (
+        BackendUnavailable
+    )
+    with pytest.raises(expected, match=message):
+        await run([item(1, 2, time.perf_counter())])
+    errors = "ca_gateway_backend_errors_total"
+    assert sample(registry, errors, backend="embedded", reason=reason) == 1
+    assert sum(
+        sample(registry, errors, backend="embedded", reason=other)
+        for other in ("unavailable", "timeout", "error", "bad_response")
+    ) == 1
+    assert sample(registry, "ca_gateway_batch_size_count") == 0  # failures are not batches
+
+
+async def test_batch_function_refuses_a_short_answer() -> None:
+    backend, registry = Ranked(), CollectorRegistry()
+    backend.rows_short = True
+    run = batch_function(backend, GatewayMetrics("embedded", registry))  # type: ignore[arg-type]
+    now = time.perf_counter()
+    with pytest.raises(BackendUnavailable, match="1 rows for 2 images"):
+        await run([item(1, 1, now), item(2, 1, now)])
+    errors = "ca_gateway_backend_errors_total"
+    assert sample(registry, errors, backend="embedded", reason="bad_response") == 1
+    assert sample(registry, "ca_gateway_batch_size_count") == 0
+
+
+# -- the queue-wait histogram through the real batcher -------------------------------------
+async def test_queue_wait_histogram_sees_the_image_that_waited(tiny_settings: Settings) -> None:
+    fake, registry = FakeBackend(), CollectorRegistry()
+    fake.delay_s = 0.4
+    settings = tiny_settings.model_copy(update={"max_batch_size": 1, "max_batch_delay_ms": 0.0})
+    async for client in open_client(create_app(settings, registry=registry, backend=fake)):
+        first = asyncio.ensure_future(client.post("/classify", content=png((1, 0, 0)), headers=PNG))
+        await wait_until(lambda: bool(fake.batches))  # the first image is in the backend now
+        second = await client.post("/classify", content=png((2, 0, 0)), headers=PNG)
+        assert (await first).status_code == 200 and second.status_code == 200
+    assert fake.batches == [1, 1]
+    assert sample(registry, "ca_gateway_queue_wait_seconds_count") == 2
+    # The first went straight into a batch; the second waited out most of the first's 0.4 s.
+    assert at_most(registry, "ca_gateway_queue_wait_seconds", 0.11) == 1
+    waited = sample(registry, "ca_gateway_queue_wait_seconds_sum")
+    assert 0.25 <= waited < 2.0, waited
+
+
+# -- shedding before decoding ------------------------------------------------------------
+async def post(client: httpx.AsyncClient, data: bytes) -> httpx.Response:
+    return await client.post("/classify", content=data, headers=PNG)
+
+
+def slowed(
+    preprocessor: Callable[[bytes], NDArray[np.uint8]], seconds: float
+) -> Callable[[bytes], NDArray[np.uint8]]:
+    def slow(data: bytes) -> NDArray[np.uint8]:
+        time.sleep(seconds)
+        return preprocessor(data)
+
+    return slow
+
+
+async def wait_until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.005)
+
+
+async def test_a_request_the_queue_cannot_serve_in_time_is_shed_before_decoding(
+    tiny_settings: Settings,
+) -> None:
+    """Five images ahead at ~0.2 s each and eight more of its own cannot finish within 0.75
+    of a 3 s budget: the request is refused with 503 before its bytes are decoded (garbage
+    gets 503, not 400). The same request into an empty queue is admitted (and decoded)."""
+    fake, registry = FakeBackend(), CollectorRegistry()
+    settings = tiny_settings.model_copy(
+        update={"max_batch_size": 1, "max_batch_delay_ms": 0.0, "request_timeout_s": 3.0,
+                "retry_after_s": 2}
+    )
+    decoded = "ca_gateway_preprocess_duration_seconds_count"
+    garbage = [("file", (f"{i}.png", b"not an image", "image/png")) for i in range(8)]
+    app = create_app(settings, registry=registry, backend=fake)
+    async for client in open_client(app):
+        batcher = app.state.runtime.batcher
+        fake.delay_s = 0.2
+        assert (await post(client, png((1, 0, 0)))).status_code == 200
+        ahead = []
+        for i in range(5):  # one at a time: each is admitted with the queue it saw
+            ahead.append(asyncio.ensure_future(post(client, png((i, 0, 0)))))
+            await wait_until(lambda i=i, b=batcher: len(fake.batches) + b.depth >= i + 2)
+        before = sample(registry, decoded)
+        shed = await client.post("/classify", files=garbage)
+        assert shed.status_code == 503, shed.text
+        assert shed.json()["error"]["code"] == "overloaded"
+        assert shed.headers["retry-after"] == "2"
+        assert sample(registry, decoded) == before  # its bytes were never decoded
+        assert all(r.status_code == 200 for r in await asyncio.gather(*ahead))
+        # With the queue drained the same request is decoded, and refused as garbage.
+        late = await client.post("/classify", files=garbage)
+        assert late.status_code == 400 and late.json()["error"]["code"] == "undecodable_image"
+
+
+async def test_a_preprocessing_backlog_sheds_before_it_reaches_the_queue(
+    tiny_settings: Settings,
+) -> None:
+    """One preprocessing thread, ~0.45 s per image, a 1.6 s budget (1.2 s with headroom):
+    one image behind another in the pool is admitted (0.9 s), a third is not (1.35 s),
+    although the batcher's own queue is empty all along."""
+    fake, registry = FakeBackend(), CollectorRegistry()
+    settings = tiny_settings.model_copy(
+        update={"preprocess_threads": 1, "request_timeout_s": 1.6, "max_batch_delay_ms": 0.0}
+    )
+    app = create_app(settings, registry=registry, backend=fake)
+    async for client in open_client(app):
+        runtime = app.state.runtime
+        real = runtime.preprocessor
+
+        runtime.preprocessor = slowed(real, 0.45)
+        assert (await post(client, png((1, 0, 0)))).status_code == 200
+        first = asyncio.ensure_future(post(client, png((2, 0, 0))))
+        await wait_until(lambda r=runtime: r.cpu_jobs >= 1)
+        second = asyncio.ensure_future(post(client, png((3, 0, 0))))
+        await wait_until(lambda r=runtime: r.cpu_jobs >= 2)
+        third = await post(client, b"garbage")
+        assert third.status_code == 503 and third.json()["error"]["code"] == "overloaded"
+        assert (await first).status_code == 200 and (await second).status_code == 200
+        assert runtime.batcher.depth == 0
+        # The pool is idle again: a request is admitted (and this one decoded: a 400).
+        again = await client.post("/classify", content=b"garbage", headers=PNG)
+        assert again.status_code == 400
+
+
+# -- the admission arithmetic, with a batcher that reports fixed numbers --------------------
+class Queue:
+    """Stands in for the batcher in `Runtime._would_shed`: a fixed per-image wait, and a
+    record of the image counts it was asked about."""
+
+    def __init__(self, shed: bool = False, per_image_s: float = 0.0) -> None:
+        self.shed = shed
+        self.per_image_s = per_image_s
+        self.asked: list[tuple[str, int]] = []
+
+    def would_shed(self, budget_s: float, images: int) -> bool:
+        self.asked.append(("would_shed", images))
+        return self.shed
+
+    def expected_wait_s(self, images: int) -> float:
+        self.asked.append(("expected_wait_s", images))
+        return images * self.per_image_s
+
+
+def admission(queue: Queue, *, behind: int, preprocess_s: float, workers: int) -> Runtime:
+    settings = Settings(preprocess_threads=workers)
+    runtime = Runtime(
+        settings=settings, model=None, backend=None, metrics=None, pool=None,  # type: ignore[arg-type]
+        batcher=queue, preprocessor=None,  # type: ignore[arg-type]
+    )
+    runtime.cpu_jobs, runtime._preprocess_s = behind, preprocess_s
+    return runtime
+
+
+def test_admission_counts_the_images_still_being_preprocessed_as_queued() -> None:
+    queue = Queue(shed=True)
+    assert admission(queue, behind=3, preprocess_s=0.0, workers=1)._would_shed(10.0, 2)
+    assert queue.asked == [("would_shed", 5)]
+
+
+def test_admission_never_sheds_on_an_estimate_alone_with_an_idle_pool() -> None:
+    queue = Queue(per_image_s=100.0)
+    assert not admission(queue, behind=0, preprocess_s=100.0, workers=1)._would_shed(1.0, 4)
+    assert queue.asked == [("would_shed", 4)]
+
+
+@pytest.mark.parametrize(
+    ("behind", "preprocess_s", "workers", "per_image_s", "shed"),
+    [
+        # pool (2 + 1) x 0.2 s / 2 = 0.3 s, queue 3 x 0.1 s = 0.3 s: 0.6 <= 0.75 x 1 s.
+        (2, 0.2, 2, 0.1, False),
+        # The same with one worker: 0.6 + 0.3 = 0.9 > 0.75.
+        (2, 0.2, 1, 0.1, True),
+        # Exactly at the line (0.5 + 0.25 = 0.75): admitted.
+        (4, 0.1, 1, 0.05, False),
+        # Just over it.
+        (4, 0.1, 1, 0.0501, True),
+    ],
+)
+def test_admission_adds_the_pool_backlog_to_the_queue_wait(
+    behind: int, preprocess_s: float, workers: int, per_image_s: float, shed: bool
+) -> None:
+    queue = Queue(per_image_s=per_image_s)
+    runtime = admission(queue, behind=behind, preprocess_s=preprocess_s, workers=workers)
+    assert runtime._would_shed(1.0, 1) is shed
+    assert queue.asked == [("would_shed", behind + 1), ("expected_wait_s", behind + 1)]
+
+
+async def test_batch_function_logs_the_failed_batch_and_times_the_good_ones(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    backend, registry = Ranked(), CollectorRegistry()
+    run = batch_function(backend, GatewayMetrics("embedded", registry))  # type: ignore[arg-type]
+    now = time.perf_counter()
+    await run([item(1, 1, now)])
+    took = sample(registry, "ca_gateway_inference_duration_seconds_sum", backend="embedded")
+    assert 0 <= took < 1.0
+    backend.fail = RuntimeError("a bug")
+    with caplog.at_level(logging.ERROR, logger="ca.gateway.runtime"), pytest.raises(
+        BackendUnavailable
+    ):
+        await run([item(1, 1, now), item(2, 1, now)])
+    [record] = caplog.records
+    assert record.getMessage() == "backend embedded failed a batch of 2"
+    assert record.exc_info is not None
