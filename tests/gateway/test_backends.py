@@ -300,6 +300,6 @@ async def test_tiny_repository_random_init_flag(
     if random_init:
         assert weights["source"] == "random" and "RANDOM" in weights["warning"]
     else:
-        assert weights["source"] == "tests/tiny" and weights["warning"] is None
+        assert weights["source"] == "tiny-test-weights" and weights["warning"] is None
     warned = [r for r in caplog.records if "RANDOM-INIT" in r.getMessage()]
     assert len(warned) == (1 if random_init else 0)

@@ -25,7 +25,7 @@ from service.gateway.app import create_app
 from service.gateway.backends import TopK, top_k_from_probs
 from service.gateway.metrics import GatewayMetrics
 from service.gateway.runtime import Runtime, _Item, batch_function
-from service.gateway.settings import Settings
+from service.gateway.settings import EffectiveSettings, Settings
 from service.preprocess import preprocess
 from service.spec import ModelSpec
 from tests.gateway.conftest import NUM_CLASSES, FakeBackend, open_client
@@ -236,7 +236,7 @@ async def test_batch_function_refuses_a_short_answer() -> None:
 async def test_queue_wait_histogram_sees_the_image_that_waited(tiny_settings: Settings) -> None:
     fake, registry = FakeBackend(), CollectorRegistry()
     fake.delay_s = 0.4
-    settings = tiny_settings.model_copy(update={"max_batch_size": 1, "max_batch_delay_ms": 0.0})
+    settings = tiny_settings.model_copy(update={"max_batch_size": 1, "max_batch_delay_ms": 0.0, "max_concurrent_batches": 1})
     async for client in open_client(create_app(settings, registry=registry, backend=fake)):
         first = asyncio.ensure_future(client.post("/classify", content=png((1, 0, 0)), headers=PNG))
         await wait_until(lambda: bool(fake.batches))  # the first image is in the backend now
@@ -280,7 +280,7 @@ async def test_a_request_the_queue_cannot_serve_in_time_is_shed_before_decoding(
     gets 503, not 400). The same request into an empty queue is admitted (and decoded)."""
     fake, registry = FakeBackend(), CollectorRegistry()
     settings = tiny_settings.model_copy(
-        update={"max_batch_size": 1, "max_batch_delay_ms": 0.0, "request_timeout_s": 3.0,
+        update={"max_batch_size": 1, "max_batch_delay_ms": 0.0, "max_concurrent_batches": 1, "request_timeout_s": 3.0,
                 "retry_after_s": 2}
     )
     decoded = "ca_gateway_preprocess_duration_seconds_count"
@@ -357,9 +357,12 @@ class Queue:
 
 def admission(queue: Queue, *, behind: int, preprocess_s: float, workers: int) -> Runtime:
     settings = Settings(preprocess_threads=workers)
+    effective = EffectiveSettings(
+        max_batch_size=1, concurrent_batches=1, inference_threads=1, preprocess_threads=workers
+    )
     runtime = Runtime(
-        settings=settings, model=None, backend=None, metrics=None, pool=None,  # type: ignore[arg-type]
-        batcher=queue, preprocessor=None,  # type: ignore[arg-type]
+        settings=settings, effective=effective, model=None, backend=None, metrics=None,  # type: ignore[arg-type]
+        pool=None, batcher=queue, preprocessor=None,  # type: ignore[arg-type]
     )
     runtime.cpu_jobs, runtime._preprocess_s = behind, preprocess_s
     return runtime
