@@ -236,7 +236,9 @@ async def test_batch_function_refuses_a_short_answer() -> None:
 async def test_queue_wait_histogram_sees_the_image_that_waited(tiny_settings: Settings) -> None:
     fake, registry = FakeBackend(), CollectorRegistry()
     fake.delay_s = 0.4
-    settings = tiny_settings.model_copy(update={"max_batch_size": 1, "max_batch_delay_ms": 0.0, "max_concurrent_batches": 1})
+    settings = tiny_settings.model_copy(
+        update={"max_batch_size": 1, "max_batch_delay_ms": 0.0, "max_concurrent_batches": 1}
+    )
     async for client in open_client(create_app(settings, registry=registry, backend=fake)):
         first = asyncio.ensure_future(client.post("/classify", content=png((1, 0, 0)), headers=PNG))
         await wait_until(lambda: bool(fake.batches))  # the first image is in the backend now
@@ -280,8 +282,8 @@ async def test_a_request_the_queue_cannot_serve_in_time_is_shed_before_decoding(
     gets 503, not 400). The same request into an empty queue is admitted (and decoded)."""
     fake, registry = FakeBackend(), CollectorRegistry()
     settings = tiny_settings.model_copy(
-        update={"max_batch_size": 1, "max_batch_delay_ms": 0.0, "max_concurrent_batches": 1, "request_timeout_s": 3.0,
-                "retry_after_s": 2}
+        update={"max_batch_size": 1, "max_batch_delay_ms": 0.0, "max_concurrent_batches": 1,
+                "request_timeout_s": 3.0, "retry_after_s": 2}
     )
     decoded = "ca_gateway_preprocess_duration_seconds_count"
     garbage = [("file", (f"{i}.png", b"not an image", "image/png")) for i in range(8)]

@@ -264,6 +264,7 @@ def write_tiny_repository(
     (model_dir / "spec.json").write_text(json.dumps(spec))
     (model_dir / "labels.txt").write_text("".join(f"class_{i}\n" for i in range(num_classes)))
     (model_dir / "1" / "model.onnx").write_bytes(tiny_onnx_model(num_classes))
-    weights = {"source": "random" if random_init else "tiny-test-weights", "random_init": random_init}
+    source = "random" if random_init else "tiny-test-weights"
+    weights = {"source": source, "random_init": random_init}
     (model_dir / "1" / "weights.json").write_text(json.dumps(weights))
     return root
