@@ -379,6 +379,7 @@ def test_client_disconnect_drops_its_image_not_its_batch_mates(repository: Path)
         model_name=TINY_MODEL,
         max_batch_size=4,
         max_batch_delay_ms=0,
+        max_concurrent_batches=1,  # one batch at a time: A and B queue behind the plug
         request_timeout_s=20.0,
     )
     with GatewayServer(settings, app=create_app(settings, backend=backend)) as server, \
