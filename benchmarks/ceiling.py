@@ -38,7 +38,7 @@ from PIL import Image, ImageOps
 
 from benchmarks import assets as assets_mod
 from benchmarks import photos
-from service.gateway.backends.embedded import open_session
+from service.gateway.backends.onnxruntime_engine import open_session
 from service.preprocess import DRAFT_MARGIN, preprocess
 from service.spec import ModelSpec
 

@@ -30,7 +30,7 @@ from benchmarks import photos
 from benchmarks.ceiling import plain_preprocess, timed
 from benchmarks.report import latency_ms, requests_per_s
 from benchmarks.servers import Server
-from service.gateway.backends.embedded import open_session
+from service.gateway.backends.onnxruntime_engine import open_session
 from service.spec import ModelSpec
 
 # (service, photos, concurrency) in the order each round loads them.

@@ -40,6 +40,8 @@ ROUTES = ("/", "/classify", "/healthz", "/readyz", "/metrics", "/v1/model", "/do
           "/docs/oauth2-redirect", "/openapi.json")
 UNMATCHED_ROUTE = "unmatched"
 BACKEND_ERROR_REASONS = ("unavailable", "timeout", "bad_response", "error")
+#: The embedded backend's engines; "none" for a backend without that choice (Triton).
+ENGINE_LABELS = ("openvino", "onnxruntime", "none")
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
@@ -90,6 +92,10 @@ class GatewayMetrics:
             "ca_gateway_backend_errors", "Failed backend calls, by reason",
             ["backend", "reason"], registry=r,
         )
+        self.backend_info = Gauge(
+            "ca_gateway_backend_info", "1 for the backend serving and its inference engine",
+            ["backend", "engine"], registry=r, multiprocess_mode="max",
+        )
         # Create the known label values up front so dashboards see zeros, not gaps.
         for route in ("/classify", "/healthz", "/readyz", "/v1/model"):
             self.requests.labels(route, "200")
@@ -111,6 +117,10 @@ class GatewayMetrics:
     def observe_batch(self, size: int, duration_s: float) -> None:
         self.batch_size.observe(size)
         self.inference_duration.labels(self.backend).observe(duration_s)
+
+    def set_engine(self, engine: str | None) -> None:
+        """Record the engine the backend runs on (known once it has started)."""
+        self.backend_info.labels(self.backend, engine if engine in ENGINE_LABELS else "none").set(1)
 
     def backend_error(self, reason: str) -> None:
         self.backend_errors.labels(self.backend, reason if reason in BACKEND_ERROR_REASONS

@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 
 from service.errors import BackendUnavailable, ClientClosedRequest, InvalidParameter
+from service.gateway.backends import engine_of
 from service.gateway.metrics import CONTENT_TYPE
 from service.gateway.runtime import Runtime, Upload
 from service.gateway.schemas import (
@@ -171,10 +172,12 @@ async def readyz(request: Request) -> Response:
         body = Readiness(status="not_ready", backend=backend, detail=runtime.backend.status())
     else:
         body = Readiness(status="ready", backend=backend, detail=runtime.backend.status())
+    if runtime is not None:  # absent from the body until an engine is known
+        body.engine = engine_of(runtime.backend)
     status = 200 if body.status == "ready" else 503
     retry_after = str(request.app.state.settings.retry_after_s)
     headers = {} if status == 200 else {"Retry-After": retry_after}
-    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+    return JSONResponse(body.model_dump(exclude_none=True), status_code=status, headers=headers)
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
@@ -210,6 +213,7 @@ async def model_description(_auth: Authorized, runtime: RuntimeDep) -> ModelDesc
         name=spec.name,
         version=runtime.backend.model_version(),
         backend=runtime.backend.name,
+        engine=engine_of(runtime.backend),
         architecture=spec.architecture,
         num_classes=spec.num_classes,
         input_size=spec.input_size,

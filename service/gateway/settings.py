@@ -70,12 +70,23 @@ class Settings(BaseSettings):
     max_batch_delay_ms: float = Field(default=0.0, ge=0.0, le=1000.0)
     max_queue: int = Field(default=256, ge=1)
     request_timeout_s: float = Field(default=10.0, gt=0.0)
+    # An online classifier answers quickly or not at all: past this estimated wait a new
+    # request is refused at once (503), whatever the request timeout would still allow.
+    max_queue_wait_s: float = Field(
+        default=0.5, gt=0.0,
+        description="Admission's latency budget: refuse (503 overloaded) when a new request's "
+        "estimated wait for its answer exceeds it",
+    )
     retry_after_s: int = Field(default=1, ge=0, description="Retry-After sent with 503 answers")
     max_concurrent_batches: int = Field(
         default=0, ge=0, description="Batches in flight at once; 0 means the backend's default"
     )
     preprocess_threads: int = Field(default=0, ge=0, description="0 means one per available core")
     inference_threads: int = Field(default=0, ge=0, description="0 means one per available core")
+    embedded_runtime: Literal["auto", "openvino", "onnxruntime"] = Field(
+        default="auto",
+        description="Embedded backend's engine: OpenVINO where installed (auto), else ONNX Runtime",
+    )
     inference_spinning: bool = Field(
         default=True, description="Let ONNX Runtime's intra-op threads spin while a run is on"
     )

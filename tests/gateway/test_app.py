@@ -12,6 +12,7 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
+from prometheus_client import CollectorRegistry
 
 from service.gateway.app import create_app
 from service.gateway.settings import Settings
@@ -108,6 +109,26 @@ async def test_health_ready_model(client: httpx.AsyncClient) -> None:
     assert model["num_classes"] == NUM_CLASSES and model["input_size"] == 224
     assert model["weights"]["random_init"] is False and model["weights"]["warning"] is None
     assert model["labels"][3] == "class_3" and model["backend"] == "embedded"
+
+
+@pytest.mark.parametrize("runtime", ["openvino", "onnxruntime"])
+async def test_the_engine_in_use_is_visible(tiny_settings: Settings, runtime: str) -> None:
+    settings = tiny_settings.model_copy(update={"embedded_runtime": runtime})
+    async for client in open_client(create_app(settings, registry=CollectorRegistry())):
+        ready = (await client.get("/readyz")).json()
+        assert ready["engine"] == runtime and runtime in ready["detail"]
+        assert (await client.get("/v1/model")).json()["engine"] == runtime
+        metrics = (await client.get("/metrics")).text
+        assert f'ca_gateway_backend_info{{backend="embedded",engine="{runtime}"}} 1.0' in metrics
+        assert metrics.count("ca_gateway_backend_info{") == 1
+
+
+async def test_a_backend_without_an_engine_choice_reports_none(tiny_settings: Settings) -> None:
+    async for client in open_client(create_app(tiny_settings, backend=FakeBackend())):
+        assert "engine" not in (await client.get("/readyz")).json()
+        assert (await client.get("/v1/model")).json()["engine"] is None
+        metrics = (await client.get("/metrics")).text
+        assert 'ca_gateway_backend_info{backend="embedded",engine="none"} 1.0' in metrics
 
 
 async def test_ready_and_model_name_the_backend_that_runs(tiny_settings: Settings) -> None:
