@@ -54,7 +54,7 @@ class Outcome:
     latency_s: float
     retry_after: bool
     send_lag_s: float
-    error: str = ""  # below HTTP: the failure's kind (ConnectError, ReadTimeout, ...)
+    error: str = ""  # the error code of a non-200 answer, or the kind of failure below HTTP
 
 
 class Generator:
@@ -85,8 +85,9 @@ class Generator:
             answer = await self.pool.exchange(self.requests[index % len(self.requests)])
         except HTTPError as exc:
             return Outcome(0, time.perf_counter() - started, False, lag_s, exc.kind)
-        return Outcome(answer.status, time.perf_counter() - started,
-                       "retry-after" in answer.headers, lag_s)
+        latency = time.perf_counter() - started
+        return Outcome(answer.status, latency, "retry-after" in answer.headers, lag_s,
+                       answer.error_code() if answer.status != 200 else "")
 
     async def closed_loop(self, clients: int, seconds: float) -> list[Outcome]:
         async with self.connections():
@@ -150,7 +151,7 @@ def summarize(outcomes: Sequence[Outcome], seconds: float, cap: float, generator
     return {
         "capacity_per_s": round(cap, 1), "offered_per_s": round(len(outcomes) / seconds, 1),
         "sent": len(outcomes), "statuses": {str(k): v for k, v in sorted(statuses.items())},
-        "errors": dict(Counter(o.error for o in outcomes if o.error)),
+        "errors": dict(Counter(o.error for o in outcomes if o.error)),  # by code or kind
         "admitted_p50_s": round(percentile(ok, 0.5), 3),
         "admitted_p99_s": round(percentile(ok, 0.99), 3),
         "goodput_per_s": round(goodput, 1), "goodput_of_capacity": round(goodput / cap, 3),
@@ -184,7 +185,7 @@ def report(summary: dict[str, Any]) -> str:
     lines = [
         f"capacity {s['capacity_per_s']} req/s; offered {s['offered_per_s']} req/s "
         f"({s['sent']} requests; generator send lag p99 {s['send_lag_p99_s'] * 1000:.1f} ms)",
-        f"statuses {s['statuses']} (0: no answer: {s['errors'] or 'none'}); "
+        f"statuses {s['statuses']} (errors {s['errors'] or 'none'}; 0: no answer); "
         f"503s without Retry-After: {s['shed_without_retry_after']}",
         f"admitted p50 {s['admitted_p50_s'] * 1000:.0f} ms, "
         f"p99 {s['admitted_p99_s'] * 1000:.0f} ms",
