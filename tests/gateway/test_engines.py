@@ -46,8 +46,8 @@ def test_both_engines_describe_the_model_alike(tiny_repository: Path) -> None:
     config = EngineConfig()
     ov_engine = OpenVinoEngine.load(model_path(tiny_repository), SPEC, config)
     ort_engine = OnnxRuntimeEngine.load(model_path(tiny_repository), SPEC, config)
-    assert ov_engine._lone is not None and ort_engine._lone is not None
-    described = ov_tensors(ov_engine._lone.compiled)
+    assert ov_engine._streams is not None and ort_engine._lone is not None
+    described = ov_tensors(ov_engine._streams.compiled)
     assert described == ort_tensors(ort_engine._lone)
     (image,), (probs,) = described
     assert (image.name, image.dtype, image.shape) == ("IMAGE", "uint8", (None, 224, 224, 3))
@@ -122,16 +122,45 @@ def test_openvino_compiles_unpinned_fp32_streams(tiny_repository: Path) -> None:
     assert (streams.get_property("NUM_STREAMS"),
             streams.get_property("INFERENCE_NUM_THREADS")) == (2, 2)  # one thread per stream
     assert len(engine._lone.requests) == 1 and len(engine._streams.requests) == 2
+    # The lone model takes one image (one shape, less memory); the streams any batch.
+    assert ov_tensors(lone)[0][0].shape == (1, 224, 224, 3)
+    assert ov_tensors(streams)[0][0].shape == (None, 224, 224, 3)
 
 
-@pytest.mark.parametrize(("threads", "streams", "models"), [(1, 3, 1), (4, 1, 1), (2, 2, 2)])
-def test_openvino_compiles_only_the_variants_it_needs(
-    tiny_repository: Path, threads: int, streams: int, models: int
+@pytest.mark.parametrize(("threads", "streams", "lone"), [(1, 3, False), (4, 1, False),
+                                                           (2, 2, True)])
+def test_openvino_compiles_a_lone_model_only_where_it_helps(
+    tiny_repository: Path, threads: int, streams: int, lone: bool
 ) -> None:
     engine = OpenVinoEngine.load(
         model_path(tiny_repository), SPEC, EngineConfig(threads=threads, streams=streams)
     )
-    assert len({id(engine._lone), id(engine._streams)}) == models
+    assert (engine._lone is not None) is lone
+    assert engine._streams is not None and len(engine._streams.requests) == streams
+
+
+def test_openvino_runs_a_lone_single_image_on_every_thread_and_the_rest_on_streams(
+    tiny_repository: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = OpenVinoEngine.load(
+        model_path(tiny_repository), SPEC, EngineConfig(threads=2, streams=2)
+    )
+    assert engine._lone is not None and engine._streams is not None
+    lone_requests = {id(r) for r in engine._lone.requests}
+    used: list[tuple[bool, int]] = []
+    real = OpenVinoEngine._infer
+
+    def recording(self: OpenVinoEngine, request: ov.InferRequest, batch: np.ndarray) -> object:
+        used.append((id(request) in lone_requests, len(batch)))
+        return real(self, request, batch)
+
+    monkeypatch.setattr(OpenVinoEngine, "_infer", recording)
+    one, three = images(1), images(3)
+    answers = [engine.run(one, lone=True), engine.run(one, lone=False),
+               engine.run(three, lone=True), engine.run(three, lone=False)]
+    assert used == [(True, 1), (False, 1), (False, 3), (False, 3)]
+    np.testing.assert_allclose(answers[0], answers[1], atol=1e-6)
+    np.testing.assert_allclose(answers[2], answers[3], atol=1e-6)
 
 
 def test_openvino_warms_every_batch_size_before_ready(
@@ -149,12 +178,11 @@ def test_openvino_warms_every_batch_size_before_ready(
         model_path(tiny_repository), SPEC, EngineConfig(threads=2, streams=2, warm_up_batch=3)
     )
     assert engine._lone is not None and engine._streams is not None
-    lone = engine._lone.requests[0]
-    first, second = engine._streams.requests
-    # Each model's first request every size, largest first; the other request the largest.
-    assert [size for request, size in runs if request == id(lone)] == [3, 2, 1]
-    assert [size for request, size in runs if request == id(first)] == [3, 2, 1]
-    assert [size for request, size in runs if request == id(second)] == [3]
+    (lone,), (first, second) = engine._lone.requests, engine._streams.requests
+    # Each stream's request every size, largest first; the lone one the one size it takes.
+    for request in (first, second):
+        assert [size for r, size in runs if r == id(request)] == [3, 2, 1]
+    assert [size for r, size in runs if r == id(lone)] == [1]
     assert len(runs) == 7
 
 

@@ -2,12 +2,14 @@
 
 OpenVINO reads the repository's ONNX file as it is (no rewrite: its own graph compiler
 keeps coordinate attention in its blocked layout, and the ONNX Runtime rewrite makes it
-slower, docs/performance.md). Two compiled models of one graph mirror ONNX Runtime's two
-sessions:
+slower, docs/performance.md). Up to two compiled models of one graph:
 
-- lone: one stream of `threads` threads, for a batch that runs alone;
-- streams: `streams` streams of one thread each, one infer request per stream, for
-  batches that run beside others.
+- streams: `streams` streams of one thread each, one infer request per stream, any batch
+  size; every batch runs here unless
+- lone: one stream of `threads` threads, compiled for batch 1 only, takes a single image
+  that runs alone (what an idle machine sees: batches only grow while a stream is busy).
+  OpenVINO keeps ~20 MB per batch shape and stream it has run, so one fixed shape keeps
+  this model small; a larger lone batch runs on a stream.
 
 Each call takes an idle infer request of its compiled model and runs it synchronously on
 the calling thread's behalf (the backend's executor threads), so the event loop never
@@ -49,14 +51,26 @@ def compile_options(threads: int, streams: int) -> dict[str, Any]:
 
 
 class _Compiled:
-    """A compiled model and its idle infer requests (one per stream)."""
+    """A compiled model, its idle infer requests (one per stream) and the largest batch
+    it takes (`fixed_batch` when compiled for one size only)."""
 
-    def __init__(self, compiled: ov.CompiledModel, requests: int) -> None:
+    def __init__(self, compiled: ov.CompiledModel, requests: int,
+                 fixed_batch: int | None = None) -> None:
         self.compiled = compiled
+        self.fixed_batch = fixed_batch
         self.idle: queue.SimpleQueue[ov.InferRequest] = queue.SimpleQueue()
         self.requests = [compiled.create_infer_request() for _ in range(requests)]
         for request in self.requests:
             self.idle.put(request)
+
+    def takes(self, size: int) -> bool:
+        return self.fixed_batch is None or size == self.fixed_batch
+
+
+def _compile(core: ov.Core, model: ov.Model, threads: int, streams: int,
+             fixed_batch: int | None = None) -> _Compiled:
+    compiled = core.compile_model(model, "CPU", compile_options(threads, streams))
+    return _Compiled(compiled, streams, fixed_batch)
 
 
 class OpenVinoEngine:
@@ -64,9 +78,9 @@ class OpenVinoEngine:
 
     name: EngineName = "openvino"
 
-    def __init__(self, lone: _Compiled, streams: _Compiled, spec: ModelSpec,
+    def __init__(self, lone: _Compiled | None, streams: _Compiled, spec: ModelSpec,
                  config: EngineConfig) -> None:
-        self._lone: _Compiled | None = lone
+        self._lone = lone
         self._streams: _Compiled | None = streams
         self.spec = spec
         self.config = config
@@ -79,38 +93,35 @@ class OpenVinoEngine:
             if "CPU" not in core.available_devices:
                 raise EngineUnavailable(f"no CPU device (has {core.available_devices})")
             model = core.read_model(str(model_path))
-
-            def compile_for(threads: int, streams: int) -> _Compiled:
-                options = compile_options(threads, streams)
-                return _Compiled(core.compile_model(model, "CPU", options), streams)
-
-            if config.streams == 1:
-                lone = streams = compile_for(config.threads, 1)
-            elif config.threads == 1:  # every batch on one thread: one model, many streams
-                lone = streams = compile_for(config.streams, config.streams)
-            else:
-                lone = compile_for(config.threads, 1)
-                streams = compile_for(config.streams, config.streams)
+            # One batch at a time (streams == 1): all of them on every thread.
+            streams = _compile(core, model, config.threads if config.streams == 1
+                               else config.streams, config.streams)
         except EngineUnavailable:
             raise
         except Exception as exc:  # the runtime's own errors: an op it cannot compile, ...
             raise EngineUnavailable(f"{type(exc).__name__}: {exc}") from exc
-        check_contract(*tensors(lone.compiled), spec)
+        check_contract(*tensors(streams.compiled), spec)
+        lone = None
+        if config.streams > 1 and config.threads > 1:
+            try:
+                model.reshape({spec.input_name: [1, *spec.input_shape]})
+                lone = _compile(core, model, config.threads, 1, fixed_batch=1)
+            except Exception as exc:
+                raise EngineUnavailable(f"{type(exc).__name__}: {exc}") from exc
         engine = cls(lone, streams, spec, config)
-        # OpenVINO keeps memory per batch shape it has seen (compiled kernels per model,
-        # buffers per request): each model runs every batch size once and each request the
-        # largest, so that memory is taken at start rather than during traffic.
+        # Every request runs every batch size it takes once: OpenVINO keeps memory per
+        # shape and stream, so this is RSS taken at start rather than during traffic.
         batches = warm_up_batches(spec, config.warm_up_batch)
-        for compiled in {id(lone): lone, id(streams): streams}.values():
-            first, *others = compiled.requests
-            for batch in batches:
-                engine._infer(first, batch)
-            for request in others:
-                engine._infer(request, batches[0])
+        for compiled in [streams] if lone is None else [streams, lone]:
+            for request in compiled.requests:
+                for batch in (b for b in batches if compiled.takes(len(b))):
+                    engine._infer(request, batch)
         return engine
 
     def run(self, batch: NDArray[np.uint8], *, lone: bool) -> NDArray[np.float32]:
-        compiled = self._lone if lone else self._streams
+        compiled = self._streams
+        if lone and self._lone is not None and self._lone.takes(len(batch)):
+            compiled = self._lone
         if compiled is None:
             raise RuntimeError("the engine is closed")
         request = compiled.idle.get()
