@@ -92,7 +92,7 @@ class Settings(BaseSettings):
     )
     inference_rewrite_graph: bool = Field(
         default=True,
-        description="Embedded backend: rewrite the graph so ONNX Runtime keeps it in its "
+        description="ONNX Runtime engine: rewrite the graph so ONNX Runtime keeps it in its "
         "blocked CPU layout (same outputs, faster; see backends/blocked_layout.py)",
     )
 
@@ -127,9 +127,9 @@ class EffectiveSettings:
 
     #: Images per backend call: `max_batch_size`, capped by the model's own limit.
     max_batch_size: int
-    #: Batches in flight at once; for the embedded backend also its ONNX Runtime streams.
+    #: Batches in flight at once; for the embedded backend also its single-thread streams.
     concurrent_batches: int
-    #: ONNX Runtime intra-op threads of the embedded backend's lone-batch session.
+    #: Threads the embedded backend's engine gives a batch that runs alone.
     inference_threads: int
     #: Threads decoding and resizing images (and parsing multipart bodies).
     preprocess_threads: int
@@ -138,7 +138,7 @@ class EffectiveSettings:
 def resolve(settings: Settings, spec: ModelSpec, *, cores: int | None = None) -> EffectiveSettings:
     """Apply the defaults: 0 threads means one per core (`cores`, by default the cores
     this process may run on); 0 concurrent batches means one per inference thread for the
-    embedded backend (one single-threaded ONNX Runtime stream per core under load) and
+    embedded backend (one single-threaded inference stream per core under load) and
     `TRITON_CONCURRENT_BATCHES` for Triton; the batch size never exceeds what the model
     accepts (`spec.max_batch_size`)."""
     cores = cores if cores is not None else available_cores()
