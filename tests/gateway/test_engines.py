@@ -25,7 +25,7 @@ from service.gateway.backends.engine import (
 )
 from service.gateway.backends.onnxruntime_engine import OnnxRuntimeEngine, open_session
 from service.gateway.backends.onnxruntime_engine import tensors as ort_tensors
-from service.gateway.backends.openvino_engine import OpenVinoEngine
+from service.gateway.backends.openvino_engine import OpenVinoEngine, compile_options
 from service.gateway.backends.openvino_engine import tensors as ov_tensors
 from service.spec import ModelSpec
 from tests.support.gateway import TINY_MODEL
@@ -114,8 +114,10 @@ def test_openvino_compiles_unpinned_fp32_streams(tiny_repository: Path) -> None:
     )
     assert engine._lone is not None and engine._streams is not None
     lone, streams = engine._lone.compiled, engine._streams.compiled
+    # f32 always, asked for explicitly: OpenVINO would pick bf16 on CPUs with AMX or
+    # AVX-512 BF16 (on others f32 is its default, so the property alone would not tell).
+    assert compile_options(2, 2)["INFERENCE_PRECISION_HINT"] == "f32"
     for compiled in (lone, streams):
-        # f32 always: OpenVINO would pick bf16 on CPUs with AMX or AVX-512 BF16.
         assert compiled.get_property("INFERENCE_PRECISION_HINT") == ov.Type.f32
         assert compiled.get_property("ENABLE_CPU_PINNING") is False
     assert (lone.get_property("NUM_STREAMS"), lone.get_property("INFERENCE_NUM_THREADS")) == (1, 2)
