@@ -198,7 +198,7 @@ def markdown(result: dict[str, Any], plot_name: str) -> str:
     if result.get("label"):
         lines.append(f"- note: {result['label']}")
     lines += [f"- {note}" for note in result.get("notes", [])]
-    lines += ["", "## HTTP, requests/s (p50 / p99 ms)", ""]
+    lines += ["", "## HTTP, answered requests/s (p50 / p99 ms of the answered)", ""]
     header = "| photos | concurrency | " + " | ".join(titles(result)[s] for s in services) + " |"
     lines += [header, "|" + " --- |" * (2 + len(services))]
     for photos in ("web", "phone"):
@@ -206,8 +206,7 @@ def markdown(result: dict[str, Any], plot_name: str) -> str:
             cells = []
             for service in services:
                 s = _point(result, service, photos, c)
-                cells.append(f"**{_f(requests_per_s(s))}** ({_f(latency_ms(s, 'p50'), 0)} / "
-                             f"{_f(latency_ms(s, 'p99'), 0)})" if s else "–")
+                cells.append(cell(s))
             lines.append(f"| {photos} | {c} | " + " | ".join(cells) + " |")
     lines += ["", "## Ceiling (in-process, same run)", "", "| what | value |", "| --- | --- |"]
     for photos, paths in ceil["preprocess_ms"].items():
@@ -234,6 +233,18 @@ def markdown(result: dict[str, Any], plot_name: str) -> str:
             f"{k.removesuffix('_mb')} {v:.0f}" for k, v in result["memory"].items()))
     lines += ["", f"![throughput and p99]({plot_name})", ""]
     return "\n".join(lines)
+
+
+def cell(summary: dict[str, Any] | None) -> str:
+    """`**ok req/s** (p50 / p99 ms)`, and the share of refused or failed requests (503s
+    from admission's queue-wait budget, at closed-loop points beyond capacity)."""
+    if not summary:
+        return "–"
+    text = (f"**{_f(requests_per_s(summary))}** ({_f(latency_ms(summary, 'p50'), 0)} / "
+            f"{_f(latency_ms(summary, 'p99'), 0)})")
+    counts = summary.get("requests") or {}
+    failed, total = counts.get("failed", 0), counts.get("total", 0)
+    return text + (f", {failed / total:.0%} failed" if failed else "")
 
 
 def ceiling_rows(name: str, measured: dict[str, Any]) -> list[str]:

@@ -54,6 +54,7 @@ class GatewayMetrics:
 
     def __init__(self, backend: str, registry: CollectorRegistry | None = None) -> None:
         self.backend = backend
+        self.engine = "none"  # known once the backend has started (`set_engine`)
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
@@ -73,8 +74,9 @@ class GatewayMetrics:
             buckets=DURATION_BUCKETS, registry=r,
         )
         self.inference_duration = Histogram(
-            "ca_gateway_inference_duration_seconds", "Backend call time per batch",
-            ["backend"], buckets=DURATION_BUCKETS, registry=r,
+            "ca_gateway_inference_duration_seconds", "Backend call time per batch, by "
+            "backend and the embedded backend's engine", ["backend", "engine"],
+            buckets=DURATION_BUCKETS, registry=r,
         )
         self.batch_size = Histogram(
             "ca_gateway_batch_size", "Images per backend call",
@@ -92,15 +94,10 @@ class GatewayMetrics:
             "ca_gateway_backend_errors", "Failed backend calls, by reason",
             ["backend", "reason"], registry=r,
         )
-        self.backend_info = Gauge(
-            "ca_gateway_backend_info", "1 for the backend serving and its inference engine",
-            ["backend", "engine"], registry=r, multiprocess_mode="max",
-        )
         # Create the known label values up front so dashboards see zeros, not gaps.
         for route in ("/classify", "/healthz", "/readyz", "/v1/model"):
             self.requests.labels(route, "200")
             self.request_duration.labels(route)
-        self.inference_duration.labels(backend)
         for reason in BACKEND_ERROR_REASONS:
             self.backend_errors.labels(backend, reason)
         if not multiprocess_dir():
@@ -116,11 +113,13 @@ class GatewayMetrics:
 
     def observe_batch(self, size: int, duration_s: float) -> None:
         self.batch_size.observe(size)
-        self.inference_duration.labels(self.backend).observe(duration_s)
+        self.inference_duration.labels(self.backend, self.engine).observe(duration_s)
 
     def set_engine(self, engine: str | None) -> None:
-        """Record the engine the backend runs on (known once it has started)."""
-        self.backend_info.labels(self.backend, engine if engine in ENGINE_LABELS else "none").set(1)
+        """The engine the backend runs on (known once it has started): the `engine` label
+        of every batch from now on, its series created at once."""
+        self.engine = engine if engine in ENGINE_LABELS else "none"
+        self.inference_duration.labels(self.backend, self.engine)
 
     def backend_error(self, reason: str) -> None:
         self.backend_errors.labels(self.backend, reason if reason in BACKEND_ERROR_REASONS

@@ -158,14 +158,14 @@ class Runtime:
         except TimeoutError:
             raise RequestTimeout(f"no answer within {timeout} s") from None
 
-    def expected_wait_s(self, images: int) -> float:
-        """How long until `images` more images would have their answers: the batcher's
-        estimate, counting the images still being preprocessed as queued for it, plus the
-        preprocessing backlog itself (once the backend keeps up, the backlog forms in the
-        thread pool, not in the batcher)."""
+    def expected_wait_s(self) -> float:
+        """How long a request arriving now would wait before its own images are worked
+        on: the preprocessing backlog ahead of it (images being decoded x recent decode
+        time / threads), then the batcher's queue with those images in it (the batcher's
+        estimate; once the backend keeps up, the backlog forms in the thread pool)."""
         behind = self.cpu_jobs
-        pool_s = (behind + images) * self._preprocess_s / self.effective.preprocess_threads
-        return (pool_s if behind else 0.0) + self.batcher.expected_wait_s(images + behind)
+        pool_s = behind * self._preprocess_s / self.effective.preprocess_threads
+        return pool_s + self.batcher.expected_wait_s(behind)
 
     def _would_shed(self, images: int) -> bool:
         """Admission, before any decoding: refuse when the batcher's queue would overflow,
@@ -180,7 +180,7 @@ class Runtime:
             return False
         limit = min(self.settings.max_queue_wait_s,
                     ADMISSION_HEADROOM * self.settings.request_timeout_s)
-        return self.expected_wait_s(images) > limit
+        return self.expected_wait_s() > limit
 
     def _overloaded(self) -> Overloaded:
         return Overloaded(

@@ -70,12 +70,12 @@ class Settings(BaseSettings):
     max_batch_delay_ms: float = Field(default=0.0, ge=0.0, le=1000.0)
     max_queue: int = Field(default=256, ge=1)
     request_timeout_s: float = Field(default=10.0, gt=0.0)
-    # An online classifier answers quickly or not at all: past this estimated wait a new
-    # request is refused at once (503), whatever the request timeout would still allow.
+    # An online classifier answers quickly or not at all: past this estimated queue wait a
+    # new request is refused at once (503), whatever the request timeout would still allow.
     max_queue_wait_s: float = Field(
         default=0.5, gt=0.0,
-        description="Admission's latency budget: refuse (503 overloaded) when a new request's "
-        "estimated wait for its answer exceeds it",
+        description="Admission's latency budget: refuse (503 overloaded) when a new request "
+        "would wait longer than this, by the estimate, before its images are worked on",
     )
     retry_after_s: int = Field(default=1, ge=0, description="Retry-After sent with 503 answers")
     max_concurrent_batches: int = Field(

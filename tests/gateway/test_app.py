@@ -119,8 +119,13 @@ async def test_the_engine_in_use_is_visible(tiny_settings: Settings, runtime: st
         assert ready["engine"] == runtime and runtime in ready["detail"]
         assert (await client.get("/v1/model")).json()["engine"] == runtime
         metrics = (await client.get("/metrics")).text
-        assert f'ca_gateway_backend_info{{backend="embedded",engine="{runtime}"}} 1.0' in metrics
-        assert metrics.count("ca_gateway_backend_info{") == 1
+        series = "ca_gateway_inference_duration_seconds_count"
+        assert f'{series}{{backend="embedded",engine="{runtime}"}} 0.0' in metrics
+        image = {"content": png((5, 5, 5)), "headers": {"Content-Type": "image/png"}}
+        assert (await client.post("/classify", **image)).status_code == 200
+        metrics = (await client.get("/metrics")).text
+        assert f'{series}{{backend="embedded",engine="{runtime}"}} 1.0' in metrics
+        assert metrics.count(f"{series}{{") == 1  # one series: the engine in use
 
 
 async def test_a_backend_without_an_engine_choice_reports_none(tiny_settings: Settings) -> None:
@@ -128,7 +133,8 @@ async def test_a_backend_without_an_engine_choice_reports_none(tiny_settings: Se
         assert "engine" not in (await client.get("/readyz")).json()
         assert (await client.get("/v1/model")).json()["engine"] is None
         metrics = (await client.get("/metrics")).text
-        assert 'ca_gateway_backend_info{backend="embedded",engine="none"} 1.0' in metrics
+        series = "ca_gateway_inference_duration_seconds_count"
+        assert f'{series}{{backend="embedded",engine="none"}} 0.0' in metrics
 
 
 async def test_ready_and_model_name_the_backend_that_runs(tiny_settings: Settings) -> None:
@@ -141,7 +147,8 @@ async def test_ready_and_model_name_the_backend_that_runs(tiny_settings: Setting
         assert (await client.get("/readyz")).json()["backend"] == "embedded"
         assert (await client.get("/v1/model")).json()["backend"] == "embedded"
         metrics = (await client.get("/metrics")).text
-        assert 'ca_gateway_inference_duration_seconds_count{backend="embedded"}' in metrics
+        assert ('ca_gateway_inference_duration_seconds_count{backend="embedded",engine="none"}'
+                in metrics)
         assert 'backend="triton"' not in metrics
 
 

@@ -148,12 +148,12 @@ async def test_the_preprocessing_backlog_counts_against_the_budget(
         runtime: Runtime = app.state.runtime
         runtime._preprocess_s = 0.2  # recent images took 0.2 s each to decode
         assert not runtime._would_shed(1)  # nothing ahead
-        # Two images decoding ahead, one thread: (2 + 1) x 0.2 s > 0.5 s, with the
-        # batcher's own queue empty.
-        runtime.cpu_jobs = 2
-        assert runtime.expected_wait_s(1) == pytest.approx(0.6)
+        # Three images decoding ahead, one thread: 3 x 0.2 s > 0.5 s before this request's
+        # own image is touched, with the batcher's own queue empty.
+        runtime.cpu_jobs = 3
+        assert runtime.expected_wait_s() == pytest.approx(0.6)
         assert runtime._would_shed(1)
-        runtime.cpu_jobs = 1  # (1 + 1) x 0.2 s: within the budget
+        runtime.cpu_jobs = 2  # 2 x 0.2 s: within the budget
         assert not runtime._would_shed(1)
         runtime.cpu_jobs = 0
 
