@@ -162,12 +162,17 @@ def paired_section(paired: dict[str, Any]) -> list[str]:
     probes = paired["probes"]
     for index, r in enumerate(paired["rounds"]):
         lines.append(
-            f"| {index + 1} | {probes[index]['ceiling']} -> {probes[index + 1]['ceiling']} | "
+            f"| {index + 1} | {_rates(probes[index])} -> {_rates(probes[index + 1])} | "
             f"{_f(r['ceiling'])} | {_f(r['ort_ceiling'])} | {_f(r['gateway_c32'])} "
             f"| {_f(r['c32_of_ceiling'] * 100, 0)}% | {_f(r['c32_of_ort_ceiling'], 2)} "
             f"| {_f(r['c32_vs_torchserve'], 2)} | {_f(r['c8_vs_torchserve'], 2)} "
             f"| {_f(r['c8_p99_vs_torchserve'], 2)} | {_f(r['c1_p50_ms'])} |")
     return lines
+
+
+def _rates(probe: dict[str, Any]) -> str:
+    """A probe's ceilings, one per engine: "openvino 120.1, onnxruntime 101.3"."""
+    return ", ".join(f"{name} {rate}" for name, rate in probe["ceiling"].items())
 
 
 def titles(result: dict[str, Any]) -> dict[str, str]:
