@@ -203,10 +203,13 @@ def report(summary: dict[str, Any]) -> str:
 
 
 def run(url: str, photos: Sequence[bytes], *, load: float, seconds: float, clients: int,
-        capacity_s: float, settle_s: float) -> dict[str, Any]:
+        capacity_s: float, settle_s: float, known_capacity: float = 0.0) -> dict[str, Any]:
+    """Capacity (measured unless `known_capacity` is given), the overload, the settling."""
     generator = Generator(url, photos)
-    cap = capacity(generator, clients, capacity_s)
-    print(f"capacity {cap:.1f} req/s ({clients} closed-loop clients, {capacity_s:g} s); "
+    if known_capacity:
+        asyncio.run(generator.closed_loop(clients, 2.0))  # warm-up only
+    cap = known_capacity or capacity(generator, clients, capacity_s)
+    print(f"capacity {cap:.1f} req/s ({'given' if known_capacity else 'measured'}); "
           f"offering {load:g}x = {load * cap:.1f} req/s for {seconds:g} s", flush=True)
     time.sleep(1.0)  # let the capacity run's last answers go
     before = rss_mb(url)
@@ -237,6 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=30.0, help="length of the overload")
     parser.add_argument("--clients", type=int, default=8, help="closed-loop clients for capacity")
     parser.add_argument("--capacity-s", type=float, default=10.0)
+    parser.add_argument("--capacity", type=float, default=0.0,
+                        help="req/s to take as capacity instead of measuring it (to offer "
+                        "two gateways the same rate)")
     parser.add_argument("--settle-s", type=float, default=60.0,
                         help="idle time after the overload before RSS is read again")
     parser.add_argument("--out", type=Path, help="also write the figures as JSON")
@@ -249,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def measure(url: str) -> dict[str, Any]:
         return run(url, web, load=args.load, seconds=args.seconds, clients=args.clients,
-                   capacity_s=args.capacity_s, settle_s=args.settle_s)
+                   capacity_s=args.capacity_s, settle_s=args.settle_s,
+                   known_capacity=args.capacity)
 
     if args.url:
         check_loopback(urlsplit(args.url).hostname or "")

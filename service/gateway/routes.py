@@ -93,6 +93,7 @@ async def classify(
         )
     content_type = request.headers.get("content-type", "")
     kind = request_kind(content_type)
+    runtime.admit(1)  # an overloaded gateway refuses before reading the body
     body = await read_body(
         request, settings.max_upload_bytes, timeout_s=settings.body_timeout_s
     )

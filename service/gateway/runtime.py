@@ -158,6 +158,12 @@ class Runtime:
         except TimeoutError:
             raise RequestTimeout(f"no answer within {timeout} s") from None
 
+    def admit(self, images: int) -> None:
+        """Raise `Overloaded` now if `images` more would be refused (`_would_shed`): the
+        HTTP layer asks before it reads a body, so a refusal costs next to nothing."""
+        if self._would_shed(images):
+            raise self._overloaded()
+
     def expected_wait_s(self) -> float:
         """How long a request arriving now would wait before its own images are worked
         on: the preprocessing backlog ahead of it (images being decoded x recent decode

@@ -97,6 +97,10 @@ async def test_the_budget_sheds_over_it_and_admits_within_it(
         assert refused.json()["error"]["code"] == "overloaded"
         assert refused.headers["retry-after"] == "2"
         assert runtime.batcher.depth == 2  # refused before it reached the queue
+        # ...and before its body was read: an oversized body would otherwise get 413.
+        too_big = b"\xff" * (settings.max_upload_bytes + 1)
+        early = await client.post("/classify", content=too_big, headers=JPEG)
+        assert early.status_code == 503 and early.json()["error"]["code"] == "overloaded"
 
         set_estimate(runtime, monkeypatch, BUDGET_S * 0.8)
         admitted = send(client)
