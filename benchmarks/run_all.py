@@ -1,7 +1,8 @@
 """Run the whole suite and write `benchmarks/results/<date>.md`, `<date>.png` and `latest.md`.
 
-1. The in-process ceiling (`benchmarks.ceiling`).
-2. The gateway (`ca-serve serve`, embedded ONNX Runtime), the plain FastAPI + PyTorch peer
+1. The in-process ceiling on each engine installed (`benchmarks.ceiling`).
+2. The gateway (`ca-serve serve`, embedded backend, the engine its settings pick; its
+   /readyz says which, and the goals use that engine's ceiling), the plain FastAPI + PyTorch peer
    and TorchServe 0.12 (batching) all started, then each load point (web/phone photos x
    concurrency 1, 8, 32) run against each service in turn, so slow drifts in the load of
    this shared machine hit all three alike. Every service through `ca-serve bench`
@@ -16,7 +17,8 @@ Loopback only, bounded durations and counts; every server started is stopped at 
 (also on errors and Ctrl-C). `--quick` halves durations and the memory run.
 
 `.venv/bin/python -m benchmarks.run_all [--duration 12] [--rounds 5] [--quick]
-    [--skip-peers] [--gateway-env CA_MAX_BATCH_SIZE=16 ...]`
+    [--skip-peers] [--gateway-env CA_MAX_BATCH_SIZE=16 ...]
+    [--tuned-env CA_EMBEDDED_RUNTIME=onnxruntime --tuned-title "gateway on ONNX Runtime"]`
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import contextlib
 import datetime as dt
 import json
 import subprocess
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +36,7 @@ from benchmarks import assets as assets_mod
 from benchmarks import ceiling, paired, report
 from benchmarks.peers import torchserve
 from benchmarks.servers import Server, free_port
+from service.gateway.backends.engine import ENGINES
 from service.spec import ModelSpec
 
 RESULTS = assets_mod.ROOT / "benchmarks" / "results"
@@ -40,14 +44,13 @@ CONCURRENCY = (1, 8, 32)
 SETS = ("web", "phone")
 
 
-def gateway(found: assets_mod.Assets, env: dict[str, str], log: Path,
-            name: str = "gateway") -> Server:
+def gateway(repository: Path, env: dict[str, str], log: Path, name: str = "gateway") -> Server:
     port = free_port()
     return Server(
         name=name, url=f"http://127.0.0.1:{port}", ready_path="/readyz", log=log,
         argv=[str(assets_mod.VENV_BIN / "ca-serve"), "serve", "--host", "127.0.0.1",
               "--port", str(port)],
-        env={"CA_MODEL_REPOSITORY": str(found.repository), **env},
+        env={"CA_MODEL_REPOSITORY": str(repository), **env},
         cwd=assets_mod.ROOT,
     )
 
@@ -82,27 +85,36 @@ def load(server: Server, images: Path, concurrency: int, out: Path, *,
     return summary
 
 
+def served_engine(server: Server) -> str:
+    """The engine a started gateway serves on, as its /readyz says."""
+    with urllib.request.urlopen(server.url + "/readyz", timeout=5) as response:
+        return str(json.loads(response.read()).get("engine", "none"))
+
+
 def paired_rounds(found: assets_mod.Assets, ceiling_result: dict[str, Any],
                   servers: list[Server], rounds: int, duration_s: float,
-                  work: Path) -> dict[str, Any] | None:
-    """`benchmarks.paired` on the started servers; the probe uses the best 1-thread batch."""
+                  work: Path, served: str) -> dict[str, Any] | None:
+    """`benchmarks.paired` on the started servers; each engine's probe uses its best
+    1-thread batch (the served engine's and ONNX Runtime's)."""
     if rounds < 1:
         return None
     print(f"== paired rounds ({rounds} x {len(paired.POINTS)} points, {duration_s:g} s each)",
           flush=True)
     spec = ModelSpec.load(found.repository / assets_mod.ONNX_MODEL_NAME)
-    batch = ceiling.best_single_thread_batch(ceiling_result["onnx"])
-    probe = paired.CeilingProbe(found.onnx, spec, found.web, batch)
+    engines = ceiling_result["engines"]
+    batches = {name: ceiling.best_single_thread_batch(engines[name]["points"])
+               for name in ENGINES if name in engines and name in (served, "onnxruntime")}
+    probe = paired.CeilingProbe(found.onnx, spec, found.web, batches)
     by_service = {s.name.split("(")[0]: s for s in servers}
     return paired.run(by_service, probe, found.web, rounds, duration_s, work,
                       lambda server, images, c, out, d: load(server, images, c, out,
-                                                             duration_s=d))
+                                                             duration_s=d), served)
 
 
 def memory_run(found: assets_mod.Assets, env: dict[str, str], work: Path,
                first: int, total: int) -> dict[str, float]:
     """A fresh gateway's RSS after `first` and after `total` requests (web, concurrency 8)."""
-    server = gateway(found, env, work / "gateway-memory.log")
+    server = gateway(found.repository, env, work / "gateway-memory.log")
     try:
         server.start()
         rss: dict[str, float] = {"start_mb": server.rss_mb()}
@@ -141,10 +153,11 @@ def main() -> None:
     print("== ceiling", flush=True)
     ceiling_result = ceiling.run(quick=args.quick)
 
-    servers = [gateway(found, env, work / "gateway.log")]
+    servers = [gateway(found.repository, env, work / "gateway.log")]
     tuned = dict(item.split("=", 1) for item in args.tuned_env)
     if tuned:
-        servers.append(gateway(found, tuned, work / "gateway_tuned.log", "gateway_tuned"))
+        servers.append(gateway(found.repository, tuned, work / "gateway_tuned.log",
+                               "gateway_tuned"))
     notes: list[str] = []
     if not args.skip_peers:
         servers.append(plain_fastapi(found, work / "plain_fastapi.log"))
@@ -160,6 +173,8 @@ def main() -> None:
             print(f"== starting {server.name}", flush=True)
             server.start()
             stack.callback(server.stop)
+        served = {s.name: served_engine(s) for s in servers if s.name.startswith("gateway")}
+        print(f"== engines served: {served}", flush=True)
         print(f"== load points ({duration:g} s each)", flush=True)
         for set_name in SETS:
             images = found.web if set_name == "web" else found.phone
@@ -173,7 +188,8 @@ def main() -> None:
         for server in servers:
             rss[server.name.split("(")[0]] = server.rss_mb()
         rounds = min(args.rounds, 3) if args.quick else args.rounds
-        paired_result = paired_rounds(found, ceiling_result, servers, rounds, duration / 2, work)
+        paired_result = paired_rounds(found, ceiling_result, servers, rounds, duration / 2, work,
+                                      served["gateway"])
     memory: dict[str, float] = {}
     if not args.skip_memory:
         print("== gateway memory run", flush=True)
@@ -188,7 +204,8 @@ def main() -> None:
         "label": args.label, "notes": notes,
         "torchserve_config": next((s.name for s in servers if s.name.startswith("torchserve")),
                                   None),
-        "ceiling": ceiling_result, "points": points, "rss_mb": rss, "memory": memory,
+        "ceiling": ceiling_result, "served_engines": served, "points": points, "rss_mb": rss,
+        "memory": memory,
         "paired": paired_result,
     }
     (work / "result.json").write_text(json.dumps(result, indent=2) + "\n")

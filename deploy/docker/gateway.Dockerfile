@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
-# The gateway: FastAPI + ONNX Runtime + tritonclient on python-slim. No torch: the
-# project's base dependencies never pull it (torch lives under the [model] extra).
+# The gateway: FastAPI + OpenVINO (the embedded backend's engine on x86-64 and arm64) +
+# ONNX Runtime + tritonclient on python-slim. No torch: the project's base dependencies
+# never pull it (torch lives under the [model] extra).
 #   docker build -f deploy/docker/gateway.Dockerfile -t ca-serve-gateway:0.1.0 .
 ARG PYTHON_VERSION=3.11
 
@@ -13,9 +14,11 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY service ./service
 COPY clients ./clients
-# Base install, no extras; the build fails if anything dragged torch in anyway.
+# Base install, no extras; the build fails if anything dragged torch in anyway, or if
+# OpenVINO is missing where its wheels exist (the gateway would fall back to ONNX Runtime).
 RUN pip install . \
-    && if pip show torch >/dev/null 2>&1; then echo "torch leaked into the gateway" >&2; exit 1; fi
+    && if pip show torch >/dev/null 2>&1; then echo "torch leaked into the gateway" >&2; exit 1; fi \
+    && case "$(uname -m)" in x86_64|aarch64) python -c "import openvino" ;; esac
 
 FROM python:${PYTHON_VERSION}-slim-bookworm
 ENV PATH=/opt/venv/bin:$PATH \

@@ -50,6 +50,8 @@ V2_VERSIONED = {
 }
 UNMATCHED_ROUTE = "unmatched"
 BACKEND_ERROR_REASONS = ("unavailable", "timeout", "bad_response", "error")
+#: The embedded backend's engines; "none" for a backend without that choice (Triton).
+ENGINE_LABELS = ("openvino", "onnxruntime", "none")
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
@@ -72,6 +74,7 @@ class GatewayMetrics:
 
     def __init__(self, backend: str, registry: CollectorRegistry | None = None) -> None:
         self.backend = backend
+        self.engine = "none"  # known once the backend has started (`set_engine`)
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
@@ -91,8 +94,9 @@ class GatewayMetrics:
             buckets=DURATION_BUCKETS, registry=r,
         )
         self.inference_duration = Histogram(
-            "ca_gateway_inference_duration_seconds", "Backend call time per batch",
-            ["backend"], buckets=DURATION_BUCKETS, registry=r,
+            "ca_gateway_inference_duration_seconds", "Backend call time per batch, by "
+            "backend and the embedded backend's engine", ["backend", "engine"],
+            buckets=DURATION_BUCKETS, registry=r,
         )
         self.batch_size = Histogram(
             "ca_gateway_batch_size", "Images per backend call",
@@ -123,7 +127,6 @@ class GatewayMetrics:
                       "/v2/models/{model_name}/infer"):
             self.requests.labels(route, "200")
             self.request_duration.labels(route)
-        self.inference_duration.labels(backend)
         for reason in BACKEND_ERROR_REASONS:
             self.backend_errors.labels(backend, reason)
         if not multiprocess_dir():
@@ -140,7 +143,13 @@ class GatewayMetrics:
 
     def observe_batch(self, size: int, duration_s: float) -> None:
         self.batch_size.observe(size)
-        self.inference_duration.labels(self.backend).observe(duration_s)
+        self.inference_duration.labels(self.backend, self.engine).observe(duration_s)
+
+    def set_engine(self, engine: str | None) -> None:
+        """The engine the backend runs on (known once it has started): the `engine` label
+        of every batch from now on, its series created at once."""
+        self.engine = engine if engine in ENGINE_LABELS else "none"
+        self.inference_duration.labels(self.backend, self.engine)
 
     def model_answered(self, model: ModelRef) -> None:
         """Record `model` (its `name` and `version`) as the one serving now."""

@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 
 from service.errors import BackendUnavailable, ClientClosedRequest, InvalidParameter
+from service.gateway.backends import engine_of
 from service.gateway.json_body import base64_body_limit, parse_json_body
 from service.gateway.metrics import CONTENT_TYPE
 from service.gateway.runtime import Runtime, Upload
@@ -134,6 +135,7 @@ async def classify(
         )
     content_type = request.headers.get("content-type", "")
     kind = request_kind(content_type)
+    runtime.admit(1)  # an overloaded gateway refuses before reading the body
     limit = settings.max_upload_bytes
     body = await read_body(
         request,
@@ -240,10 +242,12 @@ async def readyz(request: Request) -> Response:
             model=ModelRef(name=served.name, version=served.version),
             detail="shutting down" if runtime.batcher.closed else runtime.backend.status(),
         )
+    if runtime is not None:  # absent from the body until an engine is known
+        body.engine = engine_of(runtime.backend)
     status = 200 if body.status == "ready" else 503
     retry_after = str(request.app.state.settings.retry_after_s)
     headers = {} if status == 200 else {"Retry-After": retry_after}
-    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+    return JSONResponse(body.model_dump(exclude_none=True), status_code=status, headers=headers)
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
@@ -276,6 +280,7 @@ async def model_description(_auth: Authorized, runtime: RuntimeDep) -> ModelDesc
         name=served.name,
         version=served.version,
         backend=runtime.backend.name,
+        engine=engine_of(runtime.backend),
         architecture=spec.architecture,
         num_classes=spec.num_classes,
         input_size=spec.input_size,

@@ -30,7 +30,7 @@ from service.errors import (
     ServiceError,
     ShuttingDown,
 )
-from service.gateway.backends import Backend, ModelId, build_backend, top_k_from_probs
+from service.gateway.backends import Backend, ModelId, build_backend, engine_of, top_k_from_probs
 from service.gateway.batching import (
     ADMISSION_HEADROOM,
     BatcherClosedError,
@@ -107,6 +107,7 @@ class Runtime:
         if backend is None:
             backend = build_backend(settings, model, effective)
         await backend.start()
+        metrics.set_engine(engine_of(backend))
         batcher: MicroBatcher[_Item, Ranking] = MicroBatcher(
             batch_function(backend, metrics, num_classes=model.spec.num_classes),
             max_batch_size=effective.max_batch_size,
@@ -164,8 +165,8 @@ class Runtime:
         timeout = self.settings.request_timeout_s
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        # Shed before spending CPU on decoding when the queues cannot serve us in time.
-        if self._would_shed(timeout, len(uploads)):
+        # Shed before spending CPU on decoding when the answer would come too late.
+        if self._would_shed(len(uploads)):
             raise self._overloaded()
         try:
             async with asyncio.timeout_at(deadline):
@@ -174,24 +175,40 @@ class Runtime:
         except TimeoutError:
             raise RequestTimeout(f"no answer within {timeout} s") from None
 
-    def _would_shed(self, budget_s: float, images: int) -> bool:
-        """The batcher's admission, counting the images still being preprocessed as queued
-        for it, plus the time to get through the preprocessing backlog itself (once the
-        backend keeps up, the backlog forms in the thread pool, not in the batcher)."""
+    def admit(self, images: int) -> None:
+        """Raise `Overloaded` now if `images` more would be refused (`_would_shed`): the
+        HTTP layer asks before it reads a body, so a refusal costs next to nothing."""
+        if self._would_shed(images):
+            raise self._overloaded()
+
+    def expected_wait_s(self) -> float:
+        """How long a request arriving now would wait before its own images are worked
+        on: the preprocessing backlog ahead of it (images being decoded x recent decode
+        time / threads), then the batcher's queue with those images in it (the batcher's
+        estimate; once the backend keeps up, the backlog forms in the thread pool)."""
         behind = self.cpu_jobs
-        if self.batcher.would_shed(budget_s, images + behind):
+        pool_s = behind * self._preprocess_s / self.effective.preprocess_threads
+        return pool_s + self.batcher.expected_wait_s(behind)
+
+    def _would_shed(self, images: int) -> bool:
+        """Admission, before any decoding: refuse when the batcher's queue would overflow,
+        or when the estimated wait (`expected_wait_s`) exceeds the queue-wait budget
+        (`max_queue_wait_s`) or `ADMISSION_HEADROOM` of the request timeout. With nothing
+        queued and nothing being preprocessed it always admits, so a stale estimate can
+        never shed every request."""
+        behind = self.cpu_jobs
+        if self.batcher.would_shed(None, images + behind):  # the queue is full
             return True
-        if not behind:  # nothing ahead in the pool: never shed on an estimate alone
+        if not behind and self.batcher.depth == 0:
             return False
-        pool_s = (behind + images) * self._preprocess_s / self.effective.preprocess_threads
-        return pool_s + self.batcher.expected_wait_s(images + behind) > (
-            ADMISSION_HEADROOM * budget_s
-        )
+        limit = min(self.settings.max_queue_wait_s,
+                    ADMISSION_HEADROOM * self.settings.request_timeout_s)
+        return self.expected_wait_s() > limit
 
     def _overloaded(self) -> Overloaded:
         return Overloaded(
-            f"too many images queued to answer within {self.settings.request_timeout_s:g} s "
-            f"(at most {self.settings.max_queue}); retry shortly",
+            f"too busy to answer in time (wait budget {self.settings.max_queue_wait_s:g} s, "
+            f"at most {self.settings.max_queue} images queued); retry shortly",
             retry_after_s=self._retry_after,
         )
 

@@ -45,6 +45,10 @@ class ModelDescription(BaseModel):
     name: str
     version: str
     backend: str = Field(description="The inference backend serving: 'embedded' or 'triton'")
+    engine: str | None = Field(
+        None, description="The embedded backend's engine: 'openvino' or 'onnxruntime' "
+        "(null for Triton)",
+    )
     architecture: str
     num_classes: int
     input_size: int = Field(description="Side of the square crop the model sees, pixels")
@@ -64,7 +68,11 @@ class Readiness(BaseModel):
     status: Literal["ready", "not_ready"]
     backend: str = Field(description="The inference backend: 'embedded' or 'triton'")
     model: ModelRef | None = Field(
-        None, description="The model serving now (the latest to answer); null while starting"
+        None, description="The model serving now (the latest to answer); absent while starting"
+    )
+    engine: str | None = Field(
+        None, description="The embedded backend's engine once loaded: 'openvino' or "
+        "'onnxruntime' (absent otherwise)",
     )
     detail: str
 

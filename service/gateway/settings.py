@@ -112,18 +112,29 @@ class Settings(BaseSettings):
     max_batch_delay_ms: float = Field(default=0.0, ge=0.0, le=1000.0)
     max_queue: int = Field(default=256, ge=1)
     request_timeout_s: float = Field(default=10.0, gt=0.0)
+    # An online classifier answers quickly or not at all: past this estimated queue wait a
+    # new request is refused at once (503), whatever the request timeout would still allow.
+    max_queue_wait_s: float = Field(
+        default=0.5, gt=0.0,
+        description="Admission's latency budget: refuse (503 overloaded) when a new request "
+        "would wait longer than this, by the estimate, before its images are worked on",
+    )
     retry_after_s: int = Field(default=1, ge=0, description="Retry-After sent with 503 answers")
     max_concurrent_batches: int = Field(
         default=0, ge=0, description="Batches in flight at once; 0 means the backend's default"
     )
     preprocess_threads: int = Field(default=0, ge=0, description="0 means one per available core")
     inference_threads: int = Field(default=0, ge=0, description="0 means one per available core")
+    embedded_runtime: Literal["auto", "openvino", "onnxruntime"] = Field(
+        default="auto",
+        description="Embedded backend's engine: OpenVINO where installed (auto), else ONNX Runtime",
+    )
     inference_spinning: bool = Field(
         default=True, description="Let ONNX Runtime's intra-op threads spin while a run is on"
     )
     inference_rewrite_graph: bool = Field(
         default=True,
-        description="Embedded backend: rewrite the graph so ONNX Runtime keeps it in its "
+        description="ONNX Runtime engine: rewrite the graph so ONNX Runtime keeps it in its "
         "blocked CPU layout (same outputs, faster; see backends/blocked_layout.py)",
     )
 
@@ -209,9 +220,9 @@ class EffectiveSettings:
     #: Images per backend call: `max_batch_size` or the backend's default, capped by the
     #: model's own limit.
     max_batch_size: int
-    #: Batches in flight at once; for the embedded backend also its ONNX Runtime streams.
+    #: Batches in flight at once; for the embedded backend also its single-thread streams.
     concurrent_batches: int
-    #: ONNX Runtime intra-op threads of the embedded backend's lone-batch session.
+    #: Threads the embedded backend's engine gives a batch that runs alone.
     inference_threads: int
     #: Threads decoding and resizing images (and parsing multipart bodies).
     preprocess_threads: int
@@ -220,7 +231,7 @@ class EffectiveSettings:
 def resolve(settings: Settings, spec: ModelSpec, *, cores: int | None = None) -> EffectiveSettings:
     """Apply the defaults: 0 threads means one per core (`cores`, by default the cores
     this process may run on); 0 concurrent batches means one per inference thread for the
-    embedded backend (one single-threaded ONNX Runtime stream per core under load) and
+    embedded backend (one single-threaded inference stream per core under load) and
     `TRITON_CONCURRENT_BATCHES` for Triton; batch size 0 means `EMBEDDED_BATCH_SIZE` or
     `TRITON_BATCH_SIZE`. The batch size never exceeds what the model accepts
     (`spec.max_batch_size`, which its Triton config repeats)."""

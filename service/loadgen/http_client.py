@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 MAX_HEAD_BYTES = 64 * 1024
 
@@ -29,6 +30,7 @@ class HTTPError(Exception):
 class Answer:
     status: int
     body: bytes
+    headers: dict[str, str] = field(default_factory=dict)  # names in lower case
 
     def error_code(self) -> str:
         """The gateway's `{"error": {"code"}}`, or `http_<status>` for any other body."""
@@ -53,17 +55,22 @@ def encode_request(
 
 
 class ConnectionPool:
-    """Keep-alive connections to one `host:port`, one per concurrent exchange."""
+    """Keep-alive connections to one `host:port`, one per concurrent exchange. A
+    connection idle for `max_idle_s` is closed rather than reused: the server may have
+    closed it already (its keep-alive timeout), and a request written into a closed
+    connection fails without reaching it (open-loop bursts leave connections idle)."""
 
-    def __init__(self, host: str, port: int, *, timeout_s: float, connect_timeout_s: float = 5.0):
+    def __init__(self, host: str, port: int, *, timeout_s: float, connect_timeout_s: float = 5.0,
+                 max_idle_s: float = 2.0):
         self.host, self.port = host, port
         self.timeout_s = timeout_s
         self.connect_timeout_s = connect_timeout_s
-        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self.max_idle_s = max_idle_s
+        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []
 
     async def exchange(self, request: bytes) -> Answer:
         """Write `request`, read the whole answer; raises `HTTPError` below HTTP."""
-        connection = self._idle.pop() if self._idle else await self._connect()
+        connection = self._reusable() or await self._connect()
         reader, writer = connection
         try:
             async with asyncio.timeout(self.timeout_s):
@@ -79,10 +86,23 @@ class ConnectionPool:
             writer.close()
             raise
         if keep:
-            self._idle.append(connection)
+            self._idle.append((reader, writer, time.monotonic()))
         else:
             writer.close()
         return answer
+
+    def _reusable(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        """The most recently used idle connection that is fresh enough; staler ones (at
+        the bottom of the stack) are closed."""
+        if self._idle and time.monotonic() - self._idle[0][2] > self.max_idle_s:
+            fresh = [c for c in self._idle if time.monotonic() - c[2] <= self.max_idle_s]
+            for _, writer, _ in (c for c in self._idle if c not in fresh):
+                writer.close()
+            self._idle = fresh
+        if not self._idle:
+            return None
+        reader, writer, _ = self._idle.pop()
+        return reader, writer
 
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         try:
@@ -95,9 +115,9 @@ class ConnectionPool:
 
     async def close(self) -> None:
         idle, self._idle = self._idle, []
-        for _, writer in idle:
+        for _, writer, _ in idle:
             writer.close()
-        for _, writer in idle:
+        for _, writer, _ in idle:
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
 
@@ -120,7 +140,7 @@ async def _read_answer(reader: asyncio.StreamReader) -> tuple[Answer, bool]:
         body = await reader.readexactly(int(headers["content-length"]))
     else:  # the body runs to the end of the connection
         body, keep = await reader.read(), False
-    return Answer(int(parts[1]), body), keep
+    return Answer(int(parts[1]), body, headers), keep
 
 
 async def _read_chunked(reader: asyncio.StreamReader) -> bytes:

@@ -12,6 +12,7 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
+from prometheus_client import CollectorRegistry
 
 from service.gateway import routes
 from service.gateway.app import create_app
@@ -111,6 +112,32 @@ async def test_health_ready_model(client: httpx.AsyncClient) -> None:
     assert model["labels"][3] == "class_3" and model["backend"] == "embedded"
 
 
+@pytest.mark.parametrize("runtime", ["openvino", "onnxruntime"])
+async def test_the_engine_in_use_is_visible(tiny_settings: Settings, runtime: str) -> None:
+    settings = tiny_settings.model_copy(update={"embedded_runtime": runtime})
+    async for client in open_client(create_app(settings, registry=CollectorRegistry())):
+        ready = (await client.get("/readyz")).json()
+        assert ready["engine"] == runtime and runtime in ready["detail"]
+        assert (await client.get("/v1/model")).json()["engine"] == runtime
+        metrics = (await client.get("/metrics")).text
+        series = "ca_gateway_inference_duration_seconds_count"
+        assert f'{series}{{backend="embedded",engine="{runtime}"}} 0.0' in metrics
+        image = {"content": png((5, 5, 5)), "headers": {"Content-Type": "image/png"}}
+        assert (await client.post("/classify", **image)).status_code == 200
+        metrics = (await client.get("/metrics")).text
+        assert f'{series}{{backend="embedded",engine="{runtime}"}} 1.0' in metrics
+        assert metrics.count(f"{series}{{") == 1  # one series: the engine in use
+
+
+async def test_a_backend_without_an_engine_choice_reports_none(tiny_settings: Settings) -> None:
+    async for client in open_client(create_app(tiny_settings, backend=FakeBackend())):
+        assert "engine" not in (await client.get("/readyz")).json()
+        assert (await client.get("/v1/model")).json()["engine"] is None
+        metrics = (await client.get("/metrics")).text
+        series = "ca_gateway_inference_duration_seconds_count"
+        assert f'{series}{{backend="embedded",engine="none"}} 0.0' in metrics
+
+
 async def test_ready_and_model_name_the_backend_that_runs(tiny_settings: Settings) -> None:
     # The settings name Triton; the backend actually running is the injected one.
     fake = FakeBackend()
@@ -121,7 +148,8 @@ async def test_ready_and_model_name_the_backend_that_runs(tiny_settings: Setting
         assert (await client.get("/readyz")).json()["backend"] == "embedded"
         assert (await client.get("/v1/model")).json()["backend"] == "embedded"
         metrics = (await client.get("/metrics")).text
-        assert 'ca_gateway_inference_duration_seconds_count{backend="embedded"}' in metrics
+        assert ('ca_gateway_inference_duration_seconds_count{backend="embedded",engine="none"}'
+                in metrics)
         assert 'backend="triton"' not in metrics
 
 

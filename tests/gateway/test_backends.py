@@ -17,7 +17,8 @@ from prometheus_client import CollectorRegistry
 from service.errors import BackendUnavailable, ContractError
 from service.gateway.app import create_app
 from service.gateway.backends.base import ModelId
-from service.gateway.backends.embedded import EmbeddedBackend, open_session
+from service.gateway.backends.embedded import EmbeddedBackend
+from service.gateway.backends.engine import ENGINES, EngineName
 from service.gateway.backends.triton import TritonBackend
 from service.gateway.backends.triton_contract import (
     Failure,
@@ -38,13 +39,16 @@ from tests.support.gateway import TINY_MODEL, write_tiny_repository
 SPEC = ModelSpec(name=TINY_MODEL, num_classes=10)
 
 
-async def test_embedded_backend_runs_the_model(tiny_repository: Path) -> None:
+@pytest.mark.parametrize("runtime", ENGINES)
+async def test_embedded_backend_runs_the_model(tiny_repository: Path, runtime: EngineName) -> None:
     backend = EmbeddedBackend(
-        tiny_repository / TINY_MODEL / "1" / "model.onnx", SPEC, version="1", threads=1
+        tiny_repository / TINY_MODEL / "1" / "model.onnx", SPEC, version="1", threads=1,
+        runtime=runtime,
     )
-    assert not backend.ready()
+    assert not backend.ready() and backend.engine is None
     await backend.start()
     try:
+        assert backend.engine == runtime and runtime in backend.status()
         batch = np.random.default_rng(0).integers(0, 255, (3, 224, 224, 3), dtype=np.uint8)
         probs = await backend.infer(batch)
         assert probs.shape == (3, 10) and probs.dtype == np.float32
@@ -58,6 +62,7 @@ async def test_embedded_backend_runs_the_model(tiny_repository: Path) -> None:
         await backend.close()
 
 
+@pytest.mark.parametrize("runtime", ENGINES)
 @pytest.mark.parametrize(
     "override",
     [
@@ -69,47 +74,16 @@ async def test_embedded_backend_runs_the_model(tiny_repository: Path) -> None:
     ],
 )
 async def test_embedded_backend_refuses_a_model_that_breaks_the_spec(
-    tiny_repository: Path, override: dict[str, object]
+    tiny_repository: Path, override: dict[str, object], runtime: EngineName
 ) -> None:
     spec = ModelSpec.from_dict({"name": TINY_MODEL, "num_classes": 10, **override})
     backend = EmbeddedBackend(
-        tiny_repository / TINY_MODEL / "1" / "model.onnx", spec, version="1", threads=1
+        tiny_repository / TINY_MODEL / "1" / "model.onnx", spec, version="1", threads=1,
+        runtime=runtime,
     )
     with pytest.raises(ContractError):
         await backend.start()
     await backend.close()
-
-
-async def test_embedded_backend_warms_each_session_with_the_largest_batch(
-    tiny_repository: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    runs: list[tuple[int, tuple[int, ...]]] = []
-    real_run = EmbeddedBackend._run
-
-    def recording_run(self: EmbeddedBackend, session: object, batch: np.ndarray) -> np.ndarray:
-        runs.append((id(session), batch.shape))
-        return real_run(self, session, batch)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(EmbeddedBackend, "_run", recording_run)
-    backend = EmbeddedBackend(
-        tiny_repository / TINY_MODEL / "1" / "model.onnx", SPEC, version="1",
-        threads=2, streams=2, warm_up_batch=3,
-    )
-    await backend.start()
-    try:
-        # The lone-batch session and the single-threaded one, each run once before ready.
-        assert [shape for _, shape in runs] == [(3, 224, 224, 3)] * 2
-        assert len({session for session, _ in runs}) == 2
-    finally:
-        await backend.close()
-
-
-def test_sessions_run_without_memory_patterns(tiny_repository: Path) -> None:
-    # Patterns made RSS creep under traffic (see `open_session`).
-    session = open_session(
-        tiny_repository / TINY_MODEL / "1" / "model.onnx", threads=1, spinning=False
-    )
-    assert session.get_session_options().enable_mem_pattern is False
 
 
 async def test_embedded_backend_without_model_file(tmp_path: Path) -> None:

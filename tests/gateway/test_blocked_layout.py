@@ -109,12 +109,15 @@ def test_a_graph_without_attention_passes_through_unchanged() -> None:
     np.testing.assert_array_equal(run(result.model, batch)[0], run(model, batch)[0])
 
 
-async def test_the_backend_serves_either_graph_alike(exported: Path, spec: ModelSpec) -> None:
+async def test_the_onnx_runtime_engine_serves_either_graph_alike(
+    exported: Path, spec: ModelSpec
+) -> None:
     batch = np.random.default_rng(1).integers(0, 255, (3, *spec.input_shape), dtype=np.uint8)
     answers = []
     for rewrite_graph in (True, False):
         backend = EmbeddedBackend(
-            exported, spec, version="1", threads=1, rewrite_graph=rewrite_graph
+            exported, spec, version="1", threads=1, runtime="onnxruntime",
+            rewrite_graph=rewrite_graph,
         )
         await backend.start()
         try:

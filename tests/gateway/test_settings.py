@@ -61,14 +61,15 @@ def test_cores_default_to_what_this_process_may_use() -> None:
 def test_backends_are_built_from_the_resolved_values(tiny_repository: Path) -> None:
     settings = Settings(
         model_repository=tiny_repository, model_name=TINY_MODEL, max_batch_size=1024,
-        inference_threads=2, max_concurrent_batches=3,
+        inference_threads=2, max_concurrent_batches=3, embedded_runtime="onnxruntime",
     )
     model = load_model_info(settings)
     effective = resolve(settings, model.spec, cores=5)
     embedded = build_backend(settings, model, effective)
     assert isinstance(embedded, EmbeddedBackend)
-    assert (embedded.threads, embedded.streams) == (2, 3)
-    assert embedded.warm_up_batch == model.spec.max_batch_size
+    config = embedded.config
+    assert (config.threads, config.streams) == (2, 3) and embedded.runtime == "onnxruntime"
+    assert config.warm_up_batch == model.spec.max_batch_size
 
     triton_settings = settings.model_copy(
         update={"backend": "triton", "triton_url": "127.0.0.1:9", "request_timeout_s": 2.5}

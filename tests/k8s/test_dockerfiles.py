@@ -257,3 +257,20 @@ def test_compose_stops_the_gateway_after_its_drain(any_compose: tuple[Path, Mani
     gateway = any_compose[1]["services"]["gateway"]
     drain = float(gateway["environment"]["CA_GRACEFUL_SHUTDOWN_S"])
     assert float(gateway["stop_grace_period"].removesuffix("s")) > drain
+
+
+def test_gateway_image_serves_on_openvino_where_its_wheels_exist() -> None:
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    (openvino,) = [Requirement(d) for d in project["dependencies"] if d.startswith("openvino")]
+    assert openvino.marker is not None
+    for system, machine, wanted in (("linux", "x86_64", True), ("linux", "aarch64", True),
+                                    ("darwin", "arm64", False), ("win32", "AMD64", False)):
+        env = {"sys_platform": system, "platform_machine": machine}
+        assert openvino.marker.evaluate(env) is wanted, (system, machine)
+    # The image build fails rather than ship a gateway that silently falls back.
+    builds = " ".join(parsed("gateway").stages[0].all("RUN"))
+    assert 'x86_64|aarch64) python -c "import openvino"' in builds

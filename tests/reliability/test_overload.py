@@ -1,8 +1,9 @@
-"""Overload: ~3x the sustainable rate against the real model on the embedded backend.
+"""Overload: ~3x the sustainable rate against the real model on the embedded backend,
+at the default queue-wait budget (`CA_MAX_QUEUE_WAIT_S`).
 
-Accepted requests finish within the request timeout (bounded p99, no 504s), the rest
-get a fast 503 `overloaded` with `Retry-After`, memory stays bounded, and latency is
-back to normal within seconds. (benchmarks/soak.py runs the 30 s version.)"""
+Every request gets 200 or a fast 503 `overloaded` with `Retry-After`: nothing times out
+and nothing else comes back; memory stays bounded, and latency is back to normal within
+seconds. (`benchmarks/overload.py` runs the 30 s version and prints the figures.)"""
 
 from __future__ import annotations
 
@@ -14,10 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.overload import Generator, Outcome, capacity
 from benchmarks.soak import (
     Snapshot,
-    capacity,
-    closed_loop,
     open_loop,
     percentile,
     web_photos,
@@ -40,8 +40,8 @@ def real_gateway(model_repository: Path) -> Iterator[GatewayServer]:
         yield server
 
 
-def p50_ok(samples: list[object]) -> float:
-    values = [s.latency_s for s in samples if s.status == 200]  # type: ignore[attr-defined]
+def p50_ok(outcomes: list[Outcome]) -> float:
+    values = [o.latency_s for o in outcomes if o.status == 200]
     assert values
     return statistics.median(values)
 
@@ -49,36 +49,33 @@ def p50_ok(samples: list[object]) -> float:
 @pytest.mark.slow
 def test_three_times_capacity(real_gateway: GatewayServer) -> None:
     assert real_gateway.process is not None
-    pid, url, photos = real_gateway.process.pid, real_gateway.url, web_photos()
-    rate = capacity(url, photos, duration_s=3.0)
+    pid, generator = real_gateway.process.pid, Generator(real_gateway.url, web_photos())
+    rate = capacity(generator, 8, 3.0)
     assert rate > 1.0
-    normal = p50_ok(asyncio.run(closed_loop(url, 1, 2.0, photos)))
+    normal = p50_ok(asyncio.run(generator.closed_loop(1, 2.0)))
     rss_before = rss_mib(pid)
 
-    samples = asyncio.run(open_loop(url, 3 * rate, OVERLOAD_S, photos, timeout_s=30.0))
-    ok = [s for s in samples if s.status == 200]
-    shed = [s for s in samples if s.status == 503]
-    other = [s for s in samples if s.status not in (200, 503)]
-    report = (f"capacity {rate:.1f}/s, offered {len(samples)}, ok {len(ok)}, 503 {len(shed)}, "
-              f"other {len(other)}, ok p99 {percentile([s.latency_s for s in ok], 0.99):.2f} s, "
-              f"503 p99 {percentile([s.latency_s for s in shed], 0.99):.3f} s")
+    outcomes = asyncio.run(generator.open_loop(3 * rate, OVERLOAD_S))
+    ok = [o for o in outcomes if o.status == 200]
+    shed = [o for o in outcomes if o.status == 503]
+    other = [o for o in outcomes if o.status not in (200, 503)]
+    report = (f"capacity {rate:.1f}/s, offered {len(outcomes)}, ok {len(ok)}, 503 {len(shed)}, "
+              f"other {len(other)}, ok p99 {percentile([o.latency_s for o in ok], 0.99):.2f} s, "
+              f"503 p99 {percentile([o.latency_s for o in shed], 0.99):.3f} s")
     print(report)
-    # Admission estimates the queue's drain time from a moving average, so a few admitted
-    # requests may still miss a deadline this tight (2 s): a bounded 504, never a hang.
-    assert {s.status for s in other} <= {504}, (report, other[:5])
-    assert len(other) <= 0.1 * len(samples), report
-    assert all(s.latency_s < TIMEOUT_S + 1.0 for s in other), report
+    # The queue-wait budget sheds long before the request timeout: no 504, no dropped
+    # connection, only answers and refusals.
+    assert not other, (report, other[:5])
     assert shed, report  # 3x really was overload
-    assert {s.code for s in shed} == {"overloaded"}
-    assert all(s.retry_after for s in shed)
-    assert percentile([s.latency_s for s in shed], 0.99) < 1.0, report
-    assert max(s.latency_s for s in ok) < TIMEOUT_S + 1.0, report
+    assert {o.error for o in shed} == {"overloaded"}
+    assert all(o.retry_after for o in shed), report
+    assert max(o.latency_s for o in ok) < TIMEOUT_S, report
     assert len(ok) >= 0.4 * rate * OVERLOAD_S, report  # still doing useful work
     assert peak_rss_mib(pid) < rss_before + 300, (peak_rss_mib(pid), rss_before)
 
     deadline = time.monotonic() + 10
     while True:  # back to normal within seconds
-        after = p50_ok(asyncio.run(closed_loop(url, 1, 1.0, photos)))
+        after = p50_ok(asyncio.run(generator.closed_loop(1, 1.0)))
         if after < 2 * normal + 0.05 or time.monotonic() > deadline:
             break
     print(f"p50 before {normal * 1000:.0f} ms, after {after * 1000:.0f} ms")

@@ -21,7 +21,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from service.gateway import security
 from service.gateway.app import create_app
-from service.gateway.metrics import BACKEND_ERROR_REASONS, ROUTES, UNMATCHED_ROUTE
+from service.gateway.metrics import (
+    BACKEND_ERROR_REASONS,
+    ENGINE_LABELS,
+    ROUTES,
+    UNMATCHED_ROUTE,
+)
 from service.gateway.settings import Settings
 from tests.reliability.conftest import tiny_settings
 from tests.reliability.support import gif_bomb, multipart_body, png_bomb, png_bytes
@@ -232,6 +237,7 @@ async def test_metrics_labels_come_from_fixed_sets(tiny_repo: Path) -> None:
         # The served model, as the repository names it: never anything a client sent.
         "model": {settings.model_name},
         "version": {settings.model_version},
+        "engine": set(ENGINE_LABELS),
     }
     status_codes = {"200", "307", "400", "401", "404", "405", "408", "413", "415", "422", "499",
                     "500", "503", "504"}

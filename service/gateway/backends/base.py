@@ -81,6 +81,13 @@ class Backend(Protocol):
         """The `k` best classes per image (server-side where the backend can)."""
 
 
+def engine_of(backend: Backend) -> str | None:
+    """The inference engine a backend chose at start ("openvino" or "onnxruntime" for the
+    embedded one, its `engine` attribute), or None for one that has no such choice."""
+    engine = getattr(backend, "engine", None)
+    return engine if isinstance(engine, str) else None
+
+
 def top_k_from_probs(probs: NDArray[np.float32], k: int) -> TopK:
     """Top-k of each row of `probs`, best first; ties go to the lower index."""
     if probs.ndim != 2:
