@@ -177,7 +177,8 @@ async def test_batch_function_asks_once_for_the_largest_k_and_trims_each_row() -
     assert rows == [expected_row(3, 1), expected_row(7, 4), expected_row(0, 2)]
     assert sample(registry, "ca_gateway_batch_size_count") == 1
     assert sample(registry, "ca_gateway_batch_size_sum") == 3
-    assert sample(registry, "ca_gateway_inference_duration_seconds_count", backend="embedded") == 1
+    assert sample(registry, "ca_gateway_inference_duration_seconds_count", backend="embedded",
+                  engine="none") == 1
 
 
 async def test_batch_function_observes_each_images_wait() -> None:
@@ -232,6 +233,13 @@ async def test_batch_function_refuses_a_short_answer() -> None:
     assert sample(registry, "ca_gateway_batch_size_count") == 0
 
 
+async def wait_until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.005)
+
+
 # -- the queue-wait histogram through the real batcher -------------------------------------
 async def test_queue_wait_histogram_sees_the_image_that_waited(tiny_settings: Settings) -> None:
     fake, registry = FakeBackend(), CollectorRegistry()
@@ -252,113 +260,33 @@ async def test_queue_wait_histogram_sees_the_image_that_waited(tiny_settings: Se
     assert 0.25 <= waited < 2.0, waited
 
 
-# -- shedding before decoding ------------------------------------------------------------
-async def post(client: httpx.AsyncClient, data: bytes) -> httpx.Response:
-    return await client.post("/classify", content=data, headers=PNG)
-
-
-def slowed(
-    preprocessor: Callable[[bytes], NDArray[np.uint8]], seconds: float
-) -> Callable[[bytes], NDArray[np.uint8]]:
-    def slow(data: bytes) -> NDArray[np.uint8]:
-        time.sleep(seconds)
-        return preprocessor(data)
-
-    return slow
-
-
-async def wait_until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.005)
-
-
-async def test_a_request_the_queue_cannot_serve_in_time_is_shed_before_decoding(
-    tiny_settings: Settings,
-) -> None:
-    """Five images ahead at ~0.2 s each and eight more of its own cannot finish within 0.75
-    of a 3 s budget: the request is refused with 503 before its bytes are decoded (garbage
-    gets 503, not 400). The same request into an empty queue is admitted (and decoded)."""
-    fake, registry = FakeBackend(), CollectorRegistry()
-    settings = tiny_settings.model_copy(
-        update={"max_batch_size": 1, "max_batch_delay_ms": 0.0, "max_concurrent_batches": 1,
-                "request_timeout_s": 3.0, "retry_after_s": 2}
-    )
-    decoded = "ca_gateway_preprocess_duration_seconds_count"
-    garbage = [("file", (f"{i}.png", b"not an image", "image/png")) for i in range(8)]
-    app = create_app(settings, registry=registry, backend=fake)
-    async for client in open_client(app):
-        batcher = app.state.runtime.batcher
-        fake.delay_s = 0.2
-        assert (await post(client, png((1, 0, 0)))).status_code == 200
-        ahead = []
-        for i in range(5):  # one at a time: each is admitted with the queue it saw
-            ahead.append(asyncio.ensure_future(post(client, png((i, 0, 0)))))
-            await wait_until(lambda i=i, b=batcher: len(fake.batches) + b.depth >= i + 2)
-        before = sample(registry, decoded)
-        shed = await client.post("/classify", files=garbage)
-        assert shed.status_code == 503, shed.text
-        assert shed.json()["error"]["code"] == "overloaded"
-        assert shed.headers["retry-after"] == "2"
-        assert sample(registry, decoded) == before  # its bytes were never decoded
-        assert all(r.status_code == 200 for r in await asyncio.gather(*ahead))
-        # With the queue drained the same request is decoded, and refused as garbage.
-        late = await client.post("/classify", files=garbage)
-        assert late.status_code == 400 and late.json()["error"]["code"] == "undecodable_image"
-
-
-async def test_a_preprocessing_backlog_sheds_before_it_reaches_the_queue(
-    tiny_settings: Settings,
-) -> None:
-    """One preprocessing thread, ~0.45 s per image, a 1.6 s budget (1.2 s with headroom):
-    one image behind another in the pool is admitted (0.9 s), a third is not (1.35 s),
-    although the batcher's own queue is empty all along."""
-    fake, registry = FakeBackend(), CollectorRegistry()
-    settings = tiny_settings.model_copy(
-        update={"preprocess_threads": 1, "request_timeout_s": 1.6, "max_batch_delay_ms": 0.0}
-    )
-    app = create_app(settings, registry=registry, backend=fake)
-    async for client in open_client(app):
-        runtime = app.state.runtime
-        real = runtime.preprocessor
-
-        runtime.preprocessor = slowed(real, 0.45)
-        assert (await post(client, png((1, 0, 0)))).status_code == 200
-        first = asyncio.ensure_future(post(client, png((2, 0, 0))))
-        await wait_until(lambda r=runtime: r.cpu_jobs >= 1)
-        second = asyncio.ensure_future(post(client, png((3, 0, 0))))
-        await wait_until(lambda r=runtime: r.cpu_jobs >= 2)
-        third = await post(client, b"garbage")
-        assert third.status_code == 503 and third.json()["error"]["code"] == "overloaded"
-        assert (await first).status_code == 200 and (await second).status_code == 200
-        assert runtime.batcher.depth == 0
-        # The pool is idle again: a request is admitted (and this one decoded: a 400).
-        again = await client.post("/classify", content=b"garbage", headers=PNG)
-        assert again.status_code == 400
-
-
 # -- the admission arithmetic, with a batcher that reports fixed numbers --------------------
+# (Shedding through a real app, before the body is read, and the budget against the request
+# timeout: tests/gateway/test_queue_wait_budget.py.)
 class Queue:
-    """Stands in for the batcher in `Runtime._would_shed`: a fixed per-image wait, and a
-    record of the image counts it was asked about."""
+    """Stands in for the batcher in `Runtime._would_shed`: a fixed per-image wait, a fixed
+    depth, whether the queue is full, and a record of the counts it was asked about."""
 
-    def __init__(self, shed: bool = False, per_image_s: float = 0.0) -> None:
-        self.shed = shed
+    def __init__(self, *, full: bool = False, depth: int = 0, per_image_s: float = 0.0) -> None:
+        self.full = full
+        self.depth = depth
         self.per_image_s = per_image_s
         self.asked: list[tuple[str, int]] = []
 
-    def would_shed(self, budget_s: float, images: int) -> bool:
+    def would_shed(self, budget_s: float | None, images: int) -> bool:
+        assert budget_s is None  # only the queue-full check is asked of the batcher
         self.asked.append(("would_shed", images))
-        return self.shed
+        return self.full
 
     def expected_wait_s(self, images: int) -> float:
         self.asked.append(("expected_wait_s", images))
-        return images * self.per_image_s
+        return (self.depth + images) * self.per_image_s
 
 
-def admission(queue: Queue, *, behind: int, preprocess_s: float, workers: int) -> Runtime:
-    settings = Settings(preprocess_threads=workers)
+def admission(
+    queue: Queue, *, behind: int, preprocess_s: float, workers: int, budget_s: float = 0.5
+) -> Runtime:
+    settings = Settings(preprocess_threads=workers, max_queue_wait_s=budget_s)
     effective = EffectiveSettings(
         max_batch_size=1, concurrent_batches=1, inference_threads=1, preprocess_threads=workers
     )
@@ -371,37 +299,37 @@ def admission(queue: Queue, *, behind: int, preprocess_s: float, workers: int) -
 
 
 def test_admission_counts_the_images_still_being_preprocessed_as_queued() -> None:
-    queue = Queue(shed=True)
-    assert admission(queue, behind=3, preprocess_s=0.0, workers=1)._would_shed(10.0, 2)
+    queue = Queue(full=True)
+    assert admission(queue, behind=3, preprocess_s=0.0, workers=1)._would_shed(2)
     assert queue.asked == [("would_shed", 5)]
 
 
-def test_admission_never_sheds_on_an_estimate_alone_with_an_idle_pool() -> None:
+def test_admission_never_sheds_on_an_estimate_alone_with_nothing_ahead() -> None:
     queue = Queue(per_image_s=100.0)
-    assert not admission(queue, behind=0, preprocess_s=100.0, workers=1)._would_shed(1.0, 4)
+    assert not admission(queue, behind=0, preprocess_s=100.0, workers=1)._would_shed(4)
     assert queue.asked == [("would_shed", 4)]
 
 
 @pytest.mark.parametrize(
-    ("behind", "preprocess_s", "workers", "per_image_s", "shed"),
+    ("behind", "depth", "preprocess_s", "workers", "per_image_s", "shed"),
     [
-        # pool (2 + 1) x 0.2 s / 2 = 0.3 s, queue 3 x 0.1 s = 0.3 s: 0.6 <= 0.75 x 1 s.
-        (2, 0.2, 2, 0.1, False),
-        # The same with one worker: 0.6 + 0.3 = 0.9 > 0.75.
-        (2, 0.2, 1, 0.1, True),
-        # Exactly at the line (0.5 + 0.25 = 0.75): admitted.
-        (4, 0.1, 1, 0.05, False),
+        # pool 2 x 0.1 s / 2 = 0.1 s, queue (1 + 2) x 0.1 s = 0.3 s: 0.4 <= 0.5.
+        (2, 1, 0.1, 2, 0.1, False),
+        # The same with one worker: 0.2 + 0.3 = 0.5, exactly the budget: admitted.
+        (2, 1, 0.1, 1, 0.1, False),
         # Just over it.
-        (4, 0.1, 1, 0.0501, True),
+        (2, 1, 0.1, 1, 0.1001, True),
+        # Nothing preprocessing, the queue alone: 6 x 0.1 s > 0.5 s.
+        (0, 6, 0.3, 1, 0.1, True),
     ],
 )
 def test_admission_adds_the_pool_backlog_to_the_queue_wait(
-    behind: int, preprocess_s: float, workers: int, per_image_s: float, shed: bool
+    behind: int, depth: int, preprocess_s: float, workers: int, per_image_s: float, shed: bool
 ) -> None:
-    queue = Queue(per_image_s=per_image_s)
+    queue = Queue(depth=depth, per_image_s=per_image_s)
     runtime = admission(queue, behind=behind, preprocess_s=preprocess_s, workers=workers)
-    assert runtime._would_shed(1.0, 1) is shed
-    assert queue.asked == [("would_shed", behind + 1), ("expected_wait_s", behind + 1)]
+    assert runtime._would_shed(1) is shed
+    assert queue.asked == [("would_shed", behind + 1), ("expected_wait_s", behind)]
 
 
 async def test_batch_function_logs_the_failed_batch_and_times_the_good_ones(
@@ -411,7 +339,8 @@ async def test_batch_function_logs_the_failed_batch_and_times_the_good_ones(
     run = batch_function(backend, GatewayMetrics("embedded", registry))  # type: ignore[arg-type]
     now = time.perf_counter()
     await run([item(1, 1, now)])
-    took = sample(registry, "ca_gateway_inference_duration_seconds_sum", backend="embedded")
+    took = sample(registry, "ca_gateway_inference_duration_seconds_sum", backend="embedded",
+                  engine="none")
     assert 0 <= took < 1.0
     backend.fail = RuntimeError("a bug")
     with caplog.at_level(logging.ERROR, logger="ca.gateway.runtime"), pytest.raises(
