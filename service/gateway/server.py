@@ -24,6 +24,7 @@ from service.gateway.app import create_app
 from service.gateway.logs import configure_logging
 from service.gateway.metrics import mark_process_dead
 from service.gateway.settings import Settings
+from service.gateway.tracing_setup import tracing_from_environment
 
 logger = logging.getLogger("ca.gateway.server")
 
@@ -32,7 +33,9 @@ def app_from_environment() -> FastAPI:
     """App factory for multi-worker mode: each worker reads its own `CA_*` settings."""
     settings = Settings()
     configure_logging(settings.log_level)
-    return create_app(settings, freeze_startup_objects=True)
+    return create_app(
+        settings, freeze_startup_objects=True, tracing=tracing_from_environment()
+    )
 
 
 def uvicorn_config(settings: Settings) -> uvicorn.Config:
@@ -55,7 +58,8 @@ def uvicorn_config(settings: Settings) -> uvicorn.Config:
             workers=settings.workers,
             **common,  # type: ignore[arg-type]
         )
-    return uvicorn.Config(create_app(settings, freeze_startup_objects=True), **common)  # type: ignore[arg-type]
+    app = create_app(settings, freeze_startup_objects=True, tracing=tracing_from_environment())
+    return uvicorn.Config(app, **common)  # type: ignore[arg-type]
 
 
 def serve(settings: Settings) -> None:

@@ -25,6 +25,7 @@ from tritonclient.utils import InferenceServerException
 
 from service.errors import BackendUnavailable, ContractError, RequestTimeout, ServiceError
 from service.gateway.backends.base import TopK, top_k_from_probs
+from service.gateway.tracing import client_call
 from service.spec import ModelSpec
 
 logger = logging.getLogger("ca.gateway.backend.triton")
@@ -205,7 +206,12 @@ class TritonBackend:
             kwargs["client_timeout"] = self.timeout_s
         try:
             async with asyncio.timeout(self.timeout_s):
-                return await self._client.infer(self.model, [image], **kwargs)
+                with client_call("triton infer", self._span_attributes) as headers:
+                    # headers: the trace context (W3C traceparent), as gRPC metadata or
+                    # HTTP headers, so Triton's own spans join the caller's trace.
+                    return await self._client.infer(
+                        self.model, [image], headers=headers, **kwargs
+                    )
         except ServiceError:
             raise
         except TimeoutError as exc:
@@ -215,6 +221,15 @@ class TritonBackend:
         except Exception as exc:  # connection refused/reset (aiohttp, OSError)
             self._mark_down(f"triton at {self.url} unreachable: {_short(exc)}")
             raise BackendUnavailable(f"triton unreachable: {_short(exc)}") from exc
+
+    def _span_attributes(self) -> dict[str, str | int]:
+        host, _, port = self.url.rpartition(":")
+        return {
+            "rpc.system": "grpc" if self.protocol == "grpc" else "http",
+            "server.address": host.removeprefix("dns:///"),
+            "server.port": int(port) if port.isdigit() else 0,
+            "ca.triton.model": self.model,
+        }
 
     def _translate(self, exc: InferenceServerException) -> ServiceError:
         status = str(exc.status() or "")
