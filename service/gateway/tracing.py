@@ -125,13 +125,16 @@ class Tracing:
             wait.end()
         parent = waits[0].parent if waits else otel_context.get_current()
         links = [Link(wait.span.get_span_context()) for wait in waits]
-        with tracer.start_as_current_span(
-            "inference",
-            context=otel_context.set_value(_TRACER_KEY, tracer, parent),
-            links=links,
-            attributes=attributes,
-        ) as span:
-            yield span
+        # The request's context becomes current (start_as_current_span would make the span
+        # current in the batcher's own context otherwise), with the tracer for client_call.
+        token = otel_context.attach(otel_context.set_value(_TRACER_KEY, tracer, parent))
+        try:
+            with tracer.start_as_current_span(
+                "inference", links=links, attributes=attributes
+            ) as span:
+                yield span
+        finally:
+            otel_context.detach(token)
 
 
 TRACING_OFF = Tracing()

@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry
 from service.gateway.app import create_app
 from service.gateway.settings import Settings
 from service.gateway.trace_http import TraceResponseMiddleware, telemetry_config
-from service.gateway.tracing import TRACING_OFF, Tracing
+from service.gateway.tracing import TRACING_OFF, Tracing, client_call
 from tests.gateway.conftest import open_client
 from tests.support.gateway import TINY_MODEL
 
@@ -71,10 +71,13 @@ def trace_id(span: ReadableSpan) -> int:
     return span.context.trace_id
 
 
-def as_traceresponse(span: ReadableSpan) -> str:
+def flags(span: ReadableSpan) -> int:
     assert span.context is not None
-    flags = int(span.context.trace_flags)
-    return f"00-{trace_id(span):032x}-{span_id(span):016x}-{flags:02x}"
+    return int(span.context.trace_flags)
+
+
+def as_traceresponse(span: ReadableSpan) -> str:
+    return f"00-{trace_id(span):032x}-{span_id(span):016x}-{flags(span):02x}"
 
 
 def parent_id(span: ReadableSpan) -> int | None:
@@ -222,3 +225,46 @@ async def test_off_installs_nothing(tiny_settings: Settings) -> None:
         assert "traceresponse" not in response.headers
         assert app.state.runtime.tracing is TRACING_OFF
 
+
+
+# -- the span helpers on their own ------------------------------------------------------
+def test_a_backend_call_inside_a_batch_carries_the_client_span_to_the_callee(
+    tracing: Tracing, exporter: InMemorySpanExporter
+) -> None:
+    asked: list[str] = []
+
+    def attributes() -> dict[str, str]:
+        asked.append("asked")
+        return {"rpc.system": "grpc"}
+
+    with client_call("outside", attributes) as headers:
+        assert headers is None and not asked  # no inference span: nothing made
+    assert tracing.tracer is not None
+    with tracing.tracer.start_as_current_span("request"):
+        wait = tracing.queue_wait(0)
+    with (
+        tracing.batch([wait], "triton", "m", "3"),
+        client_call("triton infer", attributes) as headers,
+    ):
+        assert headers is not None
+        sent = headers["traceparent"]
+    spans = exporter.get_finished_spans()
+    request, inference, client = (one(spans, n) for n in ("request", "inference", "triton infer"))
+    assert client.kind is SpanKind.CLIENT and client.attributes == {"rpc.system": "grpc"}
+    assert parent_id(client) == span_id(inference)
+    assert parent_id(inference) == span_id(request)
+    # What the callee receives names the client span, in the request's trace.
+    assert sent == f"00-{trace_id(request):032x}-{span_id(client):016x}-{flags(client):02x}"
+
+
+def test_a_queue_wait_no_batch_took_is_ended_and_marked(
+    tracing: Tracing, exporter: InMemorySpanExporter
+) -> None:
+    wait = tracing.queue_wait(3)
+    assert wait is not None
+    wait.abandon()
+    wait.abandon()
+    wait.end()
+    [span] = exporter.get_finished_spans()
+    assert span.attributes == {"ca.image.index": 3, "ca.queue.abandoned": True}
+    assert TRACING_OFF.queue_wait(0) is None
