@@ -13,8 +13,9 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY service ./service
 COPY clients ./clients
-# Base install, no extras; the build fails if anything dragged torch in anyway.
-RUN pip install . \
+# Base install and the [tracing] extra (OpenTelemetry, off unless OTEL_TRACES_EXPORTER is
+# set); the build fails if anything dragged torch in anyway.
+RUN pip install ".[tracing]" \
     && if pip show torch >/dev/null 2>&1; then echo "torch leaked into the gateway" >&2; exit 1; fi
 
 FROM python:${PYTHON_VERSION}-slim-bookworm

@@ -1,15 +1,14 @@
 """The gateway's spans: where they go (`Tracing`) and the few shapes the pipeline needs.
 
-A request's tree (the server span and FastAPI's own spans come from FastAPI's OpenTelemetry
-support, `trace_http.py`):
+A request's tree (the server span comes from FastAPI's OpenTelemetry support,
+`trace_http.py`):
 
-    POST /classify                      SERVER (FastAPI), child of the caller's traceparent
-      fastapi.endpoint                  (FastAPI)
-        read body                       http.request.body.size
-        preprocess                      one per encoded image: pool wait + decode + resize
-        queue wait                      one per image: enqueued -> its batch starts
-        inference                       one per batch, linked to every queue wait it served
-          triton infer                  CLIENT; its context travels to Triton as traceparent
+    POST /classify                    SERVER (FastAPI), child of the caller's traceparent
+      read body                       http.request.body.size
+      preprocess                      one per encoded image: pool wait + decode + resize
+      queue wait                      one per image: enqueued -> its batch starts
+      inference                       one per batch, linked to every queue wait it served
+        triton infer                  CLIENT; its context travels to Triton as traceparent
 
 The inference span's parent is the first image's request; the other requests in the batch
 reach it through its links. Only the first request's trace therefore holds the Triton call
