@@ -2,7 +2,7 @@
 the resolution a shared machine's HTTP benchmark lacks (`tracing_overhead.py`).
 
     python -m benchmarks.tracing_request_cost --repository DIR [--baseline-src DIR] \
-        [--rounds 7] [--requests 2000] [--sampler-arg 0.01] [--skip-on]
+        [--control-src DIR] [--rounds 7] [--requests 2000] [--sampler-arg 0.01] [--skip-on]
 
 Each measurement is a fresh child process that builds the real app (`create_app`, the
 served model's spec and labels from `--repository`) with a backend that answers at once
@@ -119,6 +119,8 @@ def main(argv: list[str] | None = None) -> None:
                         default=Path(os.environ.get("CA_MODEL_REPOSITORY", "model_repository")))
     parser.add_argument("--model", default="ca_mobilenetv2_onnx")
     parser.add_argument("--baseline-src", type=Path)
+    parser.add_argument("--control-src", type=Path,
+                        help="a copy of the baseline tree: the spread between identical code")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--sampler-arg", type=float,
@@ -138,6 +140,8 @@ def main(argv: list[str] | None = None) -> None:
         configs: dict[str, tuple[Path, dict[str, str]]] = {}
         if args.baseline_src is not None:
             configs["baseline"] = (args.baseline_src.resolve(), {})
+        if args.control_src is not None:
+            configs["control"] = (args.control_src.resolve(), {})
         configs["off"] = (ROOT, {})
         on = {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint}
         if not args.skip_on:
@@ -162,7 +166,7 @@ def main(argv: list[str] | None = None) -> None:
         delta = statistics.median(r[name]["cpu_us"] - r[first]["cpu_us"] for r in rounds)
         spread = [round(r[name]["cpu_us"] - r[first]["cpu_us"]) for r in rounds]
         print(f"  {name:9s} {cpu:6.0f} us   vs {first}: {delta:+5.0f} us (rounds: {spread})")
-    if len(names) > 2 or names[-1] != "off":
+    if "on" in names or "on-sampled" in names:
         print(f"  (the OTLP sink received {len(exports)} exports, {sum(exports)} bytes)")
 
 
