@@ -13,7 +13,7 @@ HTTP headers), so it checks the propagation end to end.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -78,15 +78,54 @@ def new_traceparent() -> tuple[str, str, str]:
     return trace_id, span_id, f"00-{trace_id}-{span_id}-01"
 
 
-def trace_complete(trace_id: str) -> object:
-    """Whether the gateway's server span and Triton's compute span of `trace_id` arrived
-    (each side exports in its own time)."""
+# Triton 2.51 misses the `traceparent` of about one gRPC request in 50 (seen: 1/40, 3/100,
+# 1/100 sent straight from tritonclient; 0/100 over HTTP) and starts a trace of its own for
+# it. So each test sends a few traced requests: the gateway's side must be right for every
+# one, Triton must continue at least half, each under the right span. With the propagation
+# broken, Triton continues none.
+REQUESTS = 4
+
+
+def send_traced(send: Callable[[str], None]) -> list[tuple[str, str]]:
+    """Call `send(traceparent)` `REQUESTS` times with new contexts; (trace id, span id)s."""
+    sent = []
+    for _ in range(REQUESTS):
+        trace_id, caller_span, traceparent = new_traceparent()
+        send(traceparent)
+        sent.append((trace_id, caller_span))
+    return sent
+
+
+def all_exported(receiver: OtlpReceiver, sent: list[tuple[str, str]], before: int) -> list[Span]:
+    """The spans, once the gateway's server span of every trace in `sent` and Triton's
+    compute span of every request arrived (each side exports in its own time)."""
+    traces = {trace_id for trace_id, _ in sent}
+
     def complete(spans: list[Span]) -> bool:
-        mine = [s for s in spans if s.trace_id == trace_id]
-        return any(s.service == GATEWAY_SERVICE and s.kind == "SERVER" for s in mine) and any(
-            s.service == "triton" and s.name == "compute" for s in mine
-        )
-    return complete
+        servers = {s.trace_id for s in spans if s.service == GATEWAY_SERVICE
+                   and s.kind == "SERVER" and s.trace_id in traces}
+        computes = sum(s.service == "triton" and s.name == "compute" for s in spans)
+        return servers == traces and computes - before >= len(sent)
+
+    return receiver.wait_for(complete)
+
+
+def triton_computes(receiver: OtlpReceiver) -> int:
+    return sum(s.service == "triton" and s.name == "compute" for s in receiver.received())
+
+
+def assert_traces_through_triton(
+    spans: list[Span], sent: list[tuple[str, str]], protocol: str
+) -> None:
+    continued = [
+        (trace_id, caller) for trace_id, caller in sent
+        if any(s.service == "triton" and s.trace_id == trace_id for s in spans)
+    ]
+    assert len(continued) >= REQUESTS // 2, f"Triton continued {len(continued)} of {sent}"
+    for trace_id, caller in sent:
+        assert_gateway_side(spans, trace_id, caller, protocol)
+    for trace_id, caller in continued:
+        assert_one_tree_through_triton(spans, trace_id, caller, protocol)
 
 
 def only(spans: list[Span], **fields: str) -> Span:
@@ -95,18 +134,27 @@ def only(spans: list[Span], **fields: str) -> Span:
     return found[0]
 
 
-def assert_one_tree_through_triton(
-    spans: list[Span], trace_id: str, caller_span: str, protocol: str
-) -> None:
+def assert_gateway_side(spans: list[Span], trace_id: str, caller_span: str, protocol: str
+                        ) -> Span:
+    """The gateway's spans of one request; its `triton infer` client span."""
     mine = [s for s in spans if s.trace_id == trace_id]
     server = only(mine, service=GATEWAY_SERVICE, kind="SERVER")
     assert server.parent_id == caller_span
     inference = only(mine, service=GATEWAY_SERVICE, name="inference")
+    assert inference.parent_id == server.span_id
     assert inference.attributes["ca.backend"] == "triton"
     assert inference.attributes["ca.model.name"] == ONNX_MODEL
     client = only(mine, service=GATEWAY_SERVICE, name="triton infer")
     assert client.kind == "CLIENT" and client.parent_id == inference.span_id
     assert client.attributes["rpc.system"] == protocol
+    return client
+
+
+def assert_one_tree_through_triton(
+    spans: list[Span], trace_id: str, caller_span: str, protocol: str
+) -> None:
+    client = assert_gateway_side(spans, trace_id, caller_span, protocol)
+    mine = [s for s in spans if s.trace_id == trace_id]
     # Triton's spans: its request span is the child of the gateway's client span.
     request = only(mine, service="triton", name="InferRequest")
     assert request.parent_id == client.span_id
@@ -127,18 +175,22 @@ def test_triton_joins_the_callers_trace(
     photos: list[Path],
     protocol: str,
 ) -> None:
-    trace_id, caller_span, traceparent = new_traceparent()
     with traced_gateway(model_repository, triton, receiver, protocol) as gateway:
-        response = httpx.post(
-            f"{gateway.url}/classify?top_k=3",
-            content=photos[0].read_bytes(),
-            headers={"Content-Type": "image/jpeg", "traceparent": traceparent},
-            timeout=60.0,
-        )
-        assert response.status_code == 200, response.text
-        assert response.headers["traceresponse"].split("-")[1] == trace_id
-        spans = receiver.wait_for(trace_complete(trace_id))
-    assert_one_tree_through_triton(spans, trace_id, caller_span, protocol)
+
+        def send(traceparent: str) -> None:
+            response = httpx.post(
+                f"{gateway.url}/classify?top_k=3",
+                content=photos[0].read_bytes(),
+                headers={"Content-Type": "image/jpeg", "traceparent": traceparent},
+                timeout=60.0,
+            )
+            assert response.status_code == 200, response.text
+            assert response.headers["traceresponse"].split("-")[1] == traceparent.split("-")[1]
+
+        before = triton_computes(receiver)
+        sent = send_traced(send)
+        spans = all_exported(receiver, sent, before)
+    assert_traces_through_triton(spans, sent, protocol)
     # Each side spoke its own OTLP encoding to the same receiver.
     assert {"application/x-protobuf", "application/json"} <= receiver.content_types
 
@@ -146,23 +198,25 @@ def test_triton_joins_the_callers_trace(
 def test_a_v2_infer_request_gets_the_same_tree(
     model_repository: Path, triton: TritonServer, receiver: OtlpReceiver, photos: list[Path]
 ) -> None:
-    trace_id, caller_span, traceparent = new_traceparent()
     with traced_gateway(model_repository, triton, receiver, "grpc") as gateway:
         client = httpclient.InferenceServerClient(gateway.url.removeprefix("http://"),
                                                   network_timeout=60.0)
         image = httpclient.InferInput("IMAGE_BYTES", [1], "BYTES")
-        image.set_data_from_numpy(
-            np.array([photos[0].read_bytes()], dtype=np.object_), binary_data=True
-        )
-        result = client.infer(
-            ONNX_MODEL, [image], headers={"traceparent": traceparent},
-            outputs=[httpclient.InferRequestedOutput("PROBS", class_count=3)],
-        )
+        image.set_data_from_numpy(np.array([photos[0].read_bytes()], dtype=np.object_))
+        output = httpclient.InferRequestedOutput("PROBS", class_count=3)
+
+        def send(traceparent: str) -> None:
+            result = client.infer(ONNX_MODEL, [image], outputs=[output],
+                                  headers={"traceparent": traceparent})
+            assert result.as_numpy("PROBS").shape == (1, 3)
+
+        before = triton_computes(receiver)
+        sent = send_traced(send)
         client.close()
-        assert result.as_numpy("PROBS").shape == (1, 3)
-        spans = receiver.wait_for(trace_complete(trace_id))
-    assert_one_tree_through_triton(spans, trace_id, caller_span, "grpc")
-    server = only([s for s in spans if s.trace_id == trace_id], kind="SERVER",
-                  service=GATEWAY_SERVICE)
-    assert server.name.startswith("POST /v2/models/") and server.name.endswith("/infer")
-    assert [s.name for s in spans if s.trace_id == trace_id].count("preprocess") == 1
+        spans = all_exported(receiver, sent, before)
+    assert_traces_through_triton(spans, sent, "grpc")
+    for trace_id, _ in sent:
+        mine = [s for s in spans if s.trace_id == trace_id]
+        server = only(mine, kind="SERVER", service=GATEWAY_SERVICE)
+        assert server.name == "POST /v2/models/{model_name}/infer"
+        assert [s.name for s in mine].count("preprocess") == 1

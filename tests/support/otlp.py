@@ -163,7 +163,7 @@ class OtlpReceiver:
             if predicate(spans):
                 return spans
             if time.monotonic() > deadline:
-                names = sorted({(s.service, s.name) for s in spans})
+                names = sorted({(s.service, s.name, s.trace_id[:8]) for s in spans})
                 raise AssertionError(f"spans never arrived; received: {names}")
             time.sleep(0.05)
 
