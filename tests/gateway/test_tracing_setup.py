@@ -4,7 +4,10 @@ variables honoured, a clear error (and an untraced gateway) when it cannot be do
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
@@ -13,6 +16,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from service.gateway.tracing import TRACING_OFF
 from service.gateway.tracing_setup import requested_exporters, tracing_from_environment
 
+ROOT = Path(__file__).resolve().parents[2]
 OTEL_VARIABLES = (
     "OTEL_TRACES_EXPORTER", "OTEL_SDK_DISABLED", "OTEL_SERVICE_NAME", "OTEL_RESOURCE_ATTRIBUTES",
     "OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG", "OTEL_EXPORTER_OTLP_PROTOCOL",
@@ -109,3 +113,19 @@ def test_without_the_extra_it_says_what_to_install(
         assert tracing_from_environment() is TRACING_OFF
     assert "pip install 'ca-serve[tracing]'" in caplog.text
     assert "Serving without tracing" in caplog.text
+
+
+def test_off_never_loads_the_sdk() -> None:
+    """A serving process with tracing off never imports the SDK (a fresh interpreter)."""
+    code = (
+        "import sys\n"
+        "from service.gateway.server import uvicorn_config\n"
+        "from service.gateway.tracing_setup import tracing_from_environment\n"
+        "assert not tracing_from_environment().enabled\n"
+        "print(sorted(m for m in sys.modules if m.startswith('opentelemetry.sdk')))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env["PYTHONPATH"] = str(ROOT)
+    output = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT,
+                            capture_output=True, text=True, check=True)
+    assert output.stdout.strip() == "[]"
