@@ -44,7 +44,7 @@ $(SERVE_STAMP): pyproject.toml
 	touch $@
 
 $(TEST_STAMP): $(SERVE_STAMP)
-	$(PY) -m pip install -q -e '.[model,test,bench]'
+	$(PY) -m pip install -q -e '.[model,test,bench,tracing]'
 	touch $@
 
 # Default weights: the authors' release, or where it cannot be downloaded the demo weights

@@ -35,6 +35,8 @@ LAYER_OF = {
     "service.gateway.runtime": "runtime",
     "service.gateway.metrics": "runtime",
     "service.gateway.logs": "runtime",
+    "service.gateway.tracing": "runtime",  # spans (OpenTelemetry API only)
+    "service.gateway.tracing_setup": "runtime",  # the SDK from OTEL_* variables
     "service.gateway.app": "http",
     "service.gateway.apidocs": "http",
     "service.gateway.routes": "http",
@@ -49,6 +51,7 @@ LAYER_OF = {
     "service.gateway.connection_table": "http",
     "service.gateway.connection_budget": "http",
     "service.gateway.json_body": "http",
+    "service.gateway.trace_http": "http",  # FastAPI telemetry, traceresponse
     "service.gateway.v2": "http",  # the Open Inference Protocol: codec, contract, routes
     "service.loadgen": "loadgen",
     "service.cli": "cli",

@@ -14,9 +14,10 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY service ./service
 COPY clients ./clients
-# Base install, no extras; the build fails if anything dragged torch in anyway, or if
-# OpenVINO is missing where its wheels exist (the gateway would fall back to ONNX Runtime).
-RUN pip install . \
+# Base install and the [tracing] extra (OpenTelemetry, off unless OTEL_TRACES_EXPORTER is
+# set); the build fails if anything dragged torch in anyway, or if OpenVINO is missing
+# where its wheels exist (the gateway would fall back to ONNX Runtime).
+RUN pip install ".[tracing]" \
     && if pip show torch >/dev/null 2>&1; then echo "torch leaked into the gateway" >&2; exit 1; fi \
     && case "$(uname -m)" in x86_64|aarch64) python -c "import openvino" ;; esac
 

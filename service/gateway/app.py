@@ -24,6 +24,12 @@ from service.gateway.routes import router
 from service.gateway.runtime import Runtime
 from service.gateway.security import ApiKeys
 from service.gateway.settings import Settings
+from service.gateway.trace_http import (
+    TRACERESPONSE_HEADER,
+    TraceResponseMiddleware,
+    telemetry_config,
+)
+from service.gateway.tracing import TRACING_OFF, Tracing
 from service.gateway.v2.routes import router as v2_router
 
 logger = logging.getLogger("ca.gateway")
@@ -48,6 +54,7 @@ def create_app(
     registry: CollectorRegistry | None = None,
     backend: Backend | None = None,
     freeze_startup_objects: bool = False,
+    tracing: Tracing = TRACING_OFF,
 ) -> FastAPI:
     """Build the app. `registry` isolates metrics (a fresh one by default); `backend`
     replaces the one `settings.backend` names (tests use fakes). A serving process sets
@@ -55,12 +62,14 @@ def create_app(
     the ONNX Runtime session's Python side, pydantic schemas: ~68k objects) moves out of
     the garbage collector's reach, so a full collection walks only what requests made.
     Without it, full collections in a 30-minute soak took 36-105 ms each, every few
-    minutes, with the event loop stopped (docs/reliability.md)."""
+    minutes, with the event loop stopped (docs/reliability.md). `tracing` (off by default;
+    `tracing_setup.tracing_from_environment()` builds it from `OTEL_*`) receives the
+    request's spans and is shut down, flushing its exporters, when the app stops."""
     metrics = GatewayMetrics(backend.name if backend is not None else settings.backend, registry)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        runtime = await Runtime.start(settings, metrics, backend)
+        runtime = await Runtime.start(settings, metrics, backend, tracing=tracing)
         app.state.runtime = runtime
         if freeze_startup_objects:
             gc.collect()  # what start-up left as garbage goes now, not frozen forever
@@ -75,6 +84,7 @@ def create_app(
             logger.info("shutting down: finishing %d queued images", runtime.batcher.depth)
             await runtime.close()
             app.state.runtime = None
+            tracing.shutdown()
             # Drop this worker's live gauges (in-flight, queue depth) from the shared sum;
             # a no-op unless PROMETHEUS_MULTIPROC_DIR is set.
             mark_process_dead(os.getpid())
@@ -88,8 +98,10 @@ def create_app(
         # /docs and /redoc come from `apidocs` with self-hosted assets (FastAPI's use a CDN).
         docs_url=None,
         redoc_url=None,
+        telemetry=telemetry_config(tracing),
     )
     app.state.settings = settings
+    app.state.tracing = tracing
     app.state.metrics = metrics
     app.state.api_keys = ApiKeys(settings.api_keys)
     app.state.runtime = None
@@ -104,8 +116,12 @@ def create_app(
             CORSMiddleware,
             allow_origins=list(settings.cors_origins),
             allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
-            expose_headers=["X-Request-ID"],
+            allow_headers=[
+                "Authorization", "Content-Type", "X-Request-ID", "traceparent", "tracestate"
+            ],
+            expose_headers=["X-Request-ID", TRACERESPONSE_HEADER],
         )
+    if tracing.enabled:
+        app.add_middleware(TraceResponseMiddleware)
     app.add_middleware(RequestContextMiddleware, metrics=metrics, log_access=settings.access_log)
     return app

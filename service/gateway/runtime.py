@@ -40,6 +40,7 @@ from service.gateway.batching import (
 from service.gateway.metrics import GatewayMetrics, multiprocess_dir
 from service.gateway.modelinfo import ModelInfo, load_model_info
 from service.gateway.settings import EffectiveSettings, Settings, resolve
+from service.gateway.tracing import TRACING_OFF, QueueWait, Tracing
 from service.preprocess import Preprocessor
 
 logger = logging.getLogger("ca.gateway.runtime")
@@ -75,6 +76,7 @@ class _Item(NamedTuple):
     image: NDArray[np.uint8]
     k: int
     enqueued_at: float
+    waiting: QueueWait | None = None  # its queue-wait span, when tracing
 
 
 _ERROR_REASONS: dict[type[ServiceError], str] = {
@@ -93,15 +95,21 @@ class Runtime:
     pool: ThreadPoolExecutor
     batcher: MicroBatcher[_Item, Ranking]
     preprocessor: Preprocessor
+    tracing: Tracing = TRACING_OFF
     cpu_jobs: int = 0  # run_cpu calls in flight (queued or running in the pool)
     _preprocess_s: float = 0.0  # moving average of one image's preprocessing time
 
     @classmethod
     async def start(
-        cls, settings: Settings, metrics: GatewayMetrics, backend: Backend | None = None
+        cls,
+        settings: Settings,
+        metrics: GatewayMetrics,
+        backend: Backend | None = None,
+        *,
+        tracing: Tracing = TRACING_OFF,
     ) -> Runtime:
         """Load the model info, start the backend (raises `ContractError`/`SpecError` on a
-        model the gateway cannot serve) and the batcher."""
+        model the gateway cannot serve) and the batcher. Spans go to `tracing`."""
         model = load_model_info(settings)
         effective = resolve(settings, model.spec)
         if backend is None:
@@ -109,7 +117,10 @@ class Runtime:
         await backend.start()
         metrics.set_engine(engine_of(backend))
         batcher: MicroBatcher[_Item, Ranking] = MicroBatcher(
-            batch_function(backend, metrics, num_classes=model.spec.num_classes),
+            batch_function(
+                backend, metrics, num_classes=model.spec.num_classes, tracing=tracing,
+                model_name=model.spec.name,
+            ),
             max_batch_size=effective.max_batch_size,
             max_batch_delay_s=settings.max_batch_delay_ms / 1000.0,
             max_queue=settings.max_queue,
@@ -124,6 +135,7 @@ class Runtime:
             pool=ThreadPoolExecutor(effective.preprocess_threads, thread_name_prefix="ca-cpu"),
             batcher=batcher,
             preprocessor=Preprocessor(model.spec, settings.max_image_pixels),
+            tracing=tracing,
         )
         if not multiprocess_dir():
             metrics.queue_depth.set_function(lambda: runtime.batcher.depth)
@@ -228,7 +240,8 @@ class Runtime:
 
     async def _preprocessed(self, image: ImageInput) -> NDArray[np.uint8]:
         if isinstance(image, Upload):
-            return await self.run_cpu(self._preprocess_timed, image.data)
+            with self.tracing.span("preprocess", {"ca.image.bytes": len(image.data)}):
+                return await self.run_cpu(self._preprocess_timed, image.data)
         return image
 
     async def _preprocess_all(self, uploads: Sequence[ImageInput]) -> list[NDArray[np.uint8]]:
@@ -255,8 +268,10 @@ class Runtime:
         enqueued_at = time.perf_counter()
         budget = deadline - asyncio.get_running_loop().time()
         tasks = [
-            asyncio.ensure_future(self._submit(_Item(image, k, enqueued_at), budget))
-            for image in images
+            asyncio.ensure_future(
+                self._submit(_Item(image, k, enqueued_at, self.tracing.queue_wait(i)), budget)
+            )
+            for i, image in enumerate(images)
         ]
         try:
             return list(await asyncio.gather(*tasks))
@@ -275,15 +290,28 @@ class Runtime:
                 "the gateway is shutting down", retry_after_s=self._retry_after
             ) from None
         finally:
+            if item.waiting is not None:
+                item.waiting.abandon()  # a no-op once its batch started
             if multiprocess_dir():
                 self.metrics.queue_depth.set(self.batcher.depth)
 
 def batch_function(
-    backend: Backend, metrics: GatewayMetrics, *, num_classes: int | None = None
+    backend: Backend,
+    metrics: GatewayMetrics,
+    *,
+    num_classes: int | None = None,
+    tracing: Tracing = TRACING_OFF,
+    model_name: str = "",
 ) -> Callable[[Sequence[_Item]], Awaitable[list[Ranking]]]:
     """The batcher's function: one backend call for a batch, a ranking per item. A batch
     that ranks all `num_classes` classes asks the backend for the probabilities themselves
-    (a server-side top-k may round them: Triton's classification strings have 6 decimals)."""
+    (a server-side top-k may round them: Triton's classification strings have 6 decimals).
+    With tracing, the batch runs under one `inference` span linked to its images."""
+
+    async def traced(items: Sequence[_Item]) -> list[Ranking]:
+        waits = [item.waiting for item in items]
+        with tracing.batch(waits, backend.name, model_name, backend.model_id().version):
+            return await run_batch(items)
 
     async def run_batch(items: Sequence[_Item]) -> list[Ranking]:
         start = time.perf_counter()
@@ -311,7 +339,7 @@ def batch_function(
             metrics.model_answered(top.model)
         return [Ranking(top.row(i, item.k), top.model) for i, item in enumerate(items)]
 
-    return run_batch
+    return traced if tracing.enabled else run_batch
 
 
 def _reason(error: ServiceError) -> str:

@@ -29,6 +29,7 @@ from service.gateway.connections import GatewayConfig, protocol_class
 from service.gateway.logs import configure_logging
 from service.gateway.metrics import mark_process_dead
 from service.gateway.settings import Settings
+from service.gateway.tracing_setup import tracing_from_environment
 
 logger = logging.getLogger("ca.gateway.server")
 
@@ -37,7 +38,9 @@ def app_from_environment() -> FastAPI:
     """App factory for multi-worker mode: each worker reads its own `CA_*` settings."""
     settings = Settings()
     configure_logging(settings.log_level)
-    return create_app(settings, freeze_startup_objects=True)
+    return create_app(
+        settings, freeze_startup_objects=True, tracing=tracing_from_environment()
+    )
 
 
 def connection_plan(settings: Settings) -> ConnectionPlan:
@@ -89,9 +92,8 @@ def uvicorn_config(settings: Settings, plan: ConnectionPlan | None = None) -> uv
             connection_policy=policy,
             **common,
         )
-    return GatewayConfig(
-        create_app(settings, freeze_startup_objects=True), connection_policy=policy, **common
-    )
+    app = create_app(settings, freeze_startup_objects=True, tracing=tracing_from_environment())
+    return GatewayConfig(app, connection_policy=policy, **common)
 
 
 def serve(settings: Settings) -> None:

@@ -34,6 +34,7 @@ from service.errors import (
     UnsupportedMediaType,
 )
 from service.gateway.runtime import Upload
+from service.gateway.tracing import TRACING_OFF, Tracing
 
 RAW_IMAGE_TYPES = frozenset({
     "image/jpeg", "image/jpg", "image/pjpeg", "image/png", "image/webp", "image/gif",
@@ -90,7 +91,17 @@ def request_kind(content_type: str | None) -> Literal["raw", "multipart", "json"
 
 async def read_body(request: Request, limit: int, *, timeout_s: float) -> bytes:
     """The whole body, or `PayloadTooLarge` (413) as soon as it exceeds `limit` bytes, or
-    `BodyTimeout` (408) when it has not all arrived `timeout_s` after the headers."""
+    `BodyTimeout` (408) when it has not all arrived `timeout_s` after the headers. Traced
+    as `read body` when the app traces."""
+    tracing: Tracing = getattr(request.app.state, "tracing", TRACING_OFF)
+    with tracing.span("read body") as span:
+        body = await _read_body(request, limit, timeout_s)
+        if span is not None:
+            span.set_attribute("http.request.body.size", len(body))
+        return body
+
+
+async def _read_body(request: Request, limit: int, timeout_s: float) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None:
         try:

@@ -26,6 +26,7 @@ from service.gateway.backends.triton_contract import (
     classify_failure,
     served_version,
 )
+from service.gateway.tracing import client_call
 from service.spec import ModelSpec
 
 logger = logging.getLogger("ca.gateway.backend.triton")
@@ -175,7 +176,12 @@ class Endpoint:
         self.inflight += 1
         try:
             async with asyncio.timeout(timeout_s):
-                result = await self._client.infer(self.model, [image], **kwargs)
+                with client_call("triton infer", self._span_attributes) as headers:
+                    # headers: the trace context (W3C traceparent), as gRPC metadata or
+                    # HTTP headers, so Triton's own spans join the caller's trace.
+                    result = await self._client.infer(
+                        self.model, [image], headers=headers, **kwargs
+                    )
         except Exception as exc:
             failure = classify_failure(exc)
             detail = f"triton at {self.address}: {failure.value}: {short(exc)}"
@@ -189,6 +195,15 @@ class Endpoint:
         answered = answered_by(result) or ModelId(self.model, self.version)
         self.version = answered.version or self.version
         return result, answered
+
+    def _span_attributes(self) -> dict[str, str | int]:
+        host, _, port = self.address.rpartition(":")
+        return {
+            "rpc.system": "grpc" if self.protocol == "grpc" else "http",
+            "server.address": host,
+            "server.port": int(port) if port.isdigit() else 0,
+            "ca.triton.model": self.model,
+        }
 
 
 def short(exc: BaseException) -> str:
