@@ -32,6 +32,7 @@ def _build_repo(args: argparse.Namespace) -> int:
     from service.model.checkpoint import CheckpointError
     from service.model.export import ExportMismatch
     from service.model.repository import build_repository
+    from service.model.repository_versions import RepositoryError
     from service.spec import SpecError
 
     output = args.output or (GPU_OUTPUT if args.target == "gpu" else CPU_OUTPUT)
@@ -42,8 +43,10 @@ def _build_repo(args: argparse.Namespace) -> int:
             target=args.target,
             tensorrt=args.tensorrt,
             labels_file=args.labels,
+            version=args.version,
+            force=args.force,
         )
-    except (CheckpointError, ExportMismatch, SpecError) as exc:
+    except (CheckpointError, ExportMismatch, SpecError, RepositoryError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(describe_build(report))
@@ -55,10 +58,12 @@ def describe_build(report: BuildReport) -> str:
     TensorRT plan is built on the GPU node), and where the weights came from."""
     lines = [
         f"model repository written to {report.output} (target {report.target}: "
-        f"{_TARGETS[report.target]}):"
+        f"{_TARGETS[report.target]}), version {report.version}:"
     ]
     for name, model_dir in report.models.items():
-        built = sorted(p.name for p in (model_dir / "1").glob("model.*") if p.name in _FORMS)
+        built = sorted(
+            p.name for p in (model_dir / report.version).glob("model.*") if p.name in _FORMS
+        )
         what = ", ".join(f"{_FORMS[b]} ({b})" for b in built) or "config only (no model file)"
         lines.append(f"  {name:<22} {what}")
     weights = report.weights
@@ -89,7 +94,11 @@ def _check_repository(settings: Settings) -> str | None:
             f"{resolved} has no model {settings.model_name!r} (CA_MODEL_NAME); "
             f"it holds: {', '.join(present) or 'nothing'}"
         )
-    onnx = settings.model_dir / settings.model_version / "model.onnx"
+    from service.versions import numbered_versions
+
+    # Unpinned: the newest version, or where there is none the one a first build writes.
+    version = settings.model_version or (numbered_versions(settings.model_dir) or ["1"])[-1]
+    onnx = settings.model_dir / version / "model.onnx"
     if settings.backend == "embedded" and not onnx.is_file():
         return (
             f"{onnx.resolve()} does not exist: the repository's configs are there but its "
@@ -157,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
         "build-repo",
         help="export the model and write the Triton repository",
         description="Export CA-MobileNetV2 (TorchScript, ONNX), check every export against "
-        "eager PyTorch on real photos, and write a Triton model repository.",
+        "eager PyTorch on real photos, and write one version of a Triton model repository.",
     )
     build.add_argument(
         "--weights",
@@ -188,6 +197,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     build.add_argument(
         "--tensorrt", action="store_true", help="also build the TensorRT plan (needs CUDA)"
+    )
+    build.add_argument(
+        "--version",
+        default=None,
+        metavar="N",
+        help="the version directory to write, next to those present (default: the number "
+        "after the highest present, or 1); an existing version is refused unless --force. "
+        "A running gateway that serves the newest version picks it up without a restart",
+    )
+    build.add_argument(
+        "--force", action="store_true", help="replace the version if it exists"
     )
     build.add_argument(
         "--labels",

@@ -40,8 +40,22 @@ class Unauthorized(ServiceError):
     code = "unauthorized"
 
 
+class AdminDisabled(ServiceError):
+    """The model admin routes are off: no API keys are configured to guard them, and
+    `allow_unauthenticated_admin` is not set."""
+
+    code = "admin_disabled"
+
+
 class NotFound(ServiceError):
     code = "not_found"
+
+
+class VersionRefused(ServiceError):
+    """A model version exists but may not serve (incomplete, unloadable, or its answers
+    differ from its recorded reference); the version serving before keeps serving."""
+
+    code = "version_refused"
 
 
 class MethodNotAllowed(ServiceError):

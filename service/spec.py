@@ -18,6 +18,8 @@ from typing import Any
 
 SPEC_FILENAME = "spec.json"
 WEIGHTS_FILENAME = "weights.json"
+#: A version's reference answers on the verification photos (`service.verification`).
+VERIFICATION_FILENAME = "verification.json"
 LABELS_FILENAME = "labels.txt"
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -26,6 +26,7 @@ LAYER_OF = {
     "service.spec": "core",
     "service.preprocess": "core",
     "service.verification": "core",
+    "service.versions": "core",  # version directories: which exist, complete, published
     "service.model": "model",
     "service.gateway": "runtime",  # the package itself (empty __init__)
     "service.gateway.settings": "runtime",
@@ -33,6 +34,7 @@ LAYER_OF = {
     "service.gateway.batching": "runtime",
     "service.gateway.backends": "runtime",
     "service.gateway.runtime": "runtime",
+    "service.gateway.rollout": "runtime",  # model versions without a restart
     "service.gateway.metrics": "runtime",
     "service.gateway.logs": "runtime",
     "service.gateway.tracing": "runtime",  # spans (OpenTelemetry API only)
@@ -40,6 +42,7 @@ LAYER_OF = {
     "service.gateway.app": "http",
     "service.gateway.apidocs": "http",
     "service.gateway.routes": "http",
+    "service.gateway.admin": "http",  # the model admin routes (load a version)
     "service.gateway.schemas": "http",
     "service.gateway.uploads": "http",
     "service.gateway.security": "http",

@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
-from service.gateway import apidocs
+from service.gateway import admin, apidocs
 from service.gateway.backends import Backend
 from service.gateway.http_errors import install_handlers
 from service.gateway.metrics import GatewayMetrics, mark_process_dead
@@ -107,6 +107,7 @@ def create_app(
     app.state.runtime = None
     install_handlers(app)
     app.include_router(router)
+    app.include_router(admin.router)
     app.include_router(v2_router)
     app.include_router(apidocs.router)
     if settings.cors_origins:

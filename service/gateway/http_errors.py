@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.errors import (
+    AdminDisabled,
     BadRequest,
     BodyTimeout,
     ClientClosedRequest,
@@ -31,6 +32,7 @@ from service.errors import (
     ServiceUnavailable,
     Unauthorized,
     UnsupportedMediaType,
+    VersionRefused,
 )
 
 logger = logging.getLogger("ca.gateway.errors")
@@ -39,9 +41,11 @@ STATUS: dict[type[ServiceError], int] = {
     ServiceError: 500,
     BadRequest: 400,  # and UndecodableImage
     Unauthorized: 401,
+    AdminDisabled: 403,
     NotFound: 404,
     MethodNotAllowed: 405,
     BodyTimeout: 408,
+    VersionRefused: 409,
     PayloadTooLarge: 413,  # and ImageTooLarge, TooManyFiles
     UnsupportedMediaType: 415,
     InvalidParameter: 422,

@@ -40,7 +40,8 @@ BATCH_SIZE_BUCKETS: tuple[float, ...] = tuple(float(2**i) for i in range(11))  #
 ROUTES = ("/", "/classify", "/healthz", "/readyz", "/metrics", "/v1/model", "/docs",
           "/docs/oauth2-redirect", "/docs/assets/{name}", "/redoc", "/openapi.json",
           "/v2", "/v2/health/live", "/v2/health/ready", "/v2/models/{model_name}",
-          "/v2/models/{model_name}/ready", "/v2/models/{model_name}/infer")
+          "/v2/models/{model_name}/ready", "/v2/models/{model_name}/infer",
+          "/v1/model/reload", "/v1/model/versions/{version}/load")
 #: The Open Inference Protocol's routes naming a version count with their unversioned
 #: twins: one label per operation, whichever form a client uses.
 V2_VERSIONED = {
@@ -50,6 +51,9 @@ V2_VERSIONED = {
 }
 UNMATCHED_ROUTE = "unmatched"
 BACKEND_ERROR_REASONS = ("unavailable", "timeout", "bad_response", "error")
+#: How a change of model version ended: the new version serves, or it was refused and the
+#: old one still does.
+RELOAD_RESULTS = ("loaded", "refused")
 #: The embedded backend's engines; "none" for a backend without that choice (Triton).
 ENGINE_LABELS = ("openvino", "onnxruntime", "none")
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -121,6 +125,11 @@ class GatewayMetrics:
             "1 for the model and version that answered the latest batch, 0 for earlier ones",
             ["backend", "model", "version"], registry=r, multiprocess_mode="livemax",
         )
+        self.model_reloads = Counter(
+            "ca_gateway_model_reloads", "Attempts to serve another model version without a "
+            "restart, by result: loaded (verified and swapped in) or refused (the old one "
+            "keeps serving)", ["result"], registry=r,
+        )
         self._answered: tuple[str, str] | None = None
         # Create the known label values up front so dashboards see zeros, not gaps.
         for route in ("/classify", "/healthz", "/readyz", "/v1/model",
@@ -129,6 +138,8 @@ class GatewayMetrics:
             self.request_duration.labels(route)
         for reason in BACKEND_ERROR_REASONS:
             self.backend_errors.labels(backend, reason)
+        for result in RELOAD_RESULTS:
+            self.model_reloads.labels(result)
         if not multiprocess_dir():
             ProcessCollector(registry=r)
 

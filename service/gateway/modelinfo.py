@@ -1,6 +1,7 @@
 """What the gateway knows about the model it serves: spec, labels, weights provenance.
 
-Read once at start-up from `<model_repository>/<model_name>/` (`spec.json`, the labels
+Read at start-up (and the version's weights again when a rollout, `rollout.py`, switches
+versions) from `<model_repository>/<model_name>/` (`spec.json`, the labels
 file, `<version>/weights.json`). `CA_MODEL_NAME` is the one name of the served model: the
 directory read here, the model the embedded backend loads and the model the Triton backend
 asks Triton for; the spec must carry the same name. The Triton backend reads the same
@@ -15,9 +16,20 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from service.gateway.settings import Settings
-from service.spec import ModelSpec, SpecError, WeightsInfo, load_labels, public_source
+from service.spec import (
+    WEIGHTS_FILENAME,
+    ModelSpec,
+    SpecError,
+    WeightsInfo,
+    load_labels,
+    public_source,
+)
+from service.versions import missing_files, numbered_versions
 
 logger = logging.getLogger("ca.gateway.model")
+
+#: The embedded backend's model file in a version directory.
+ONNX_FILENAME = "model.onnx"
 
 
 @dataclass(frozen=True)
@@ -32,7 +44,7 @@ class ModelInfo:
 
     @property
     def onnx_path(self) -> Path:
-        return self.model_dir / self.version / "model.onnx"
+        return self.model_dir / self.version / ONNX_FILENAME
 
 
 def load_model_info(settings: Settings) -> ModelInfo:
@@ -47,26 +59,48 @@ def load_model_info(settings: Settings) -> ModelInfo:
     labels = load_labels(model_dir / spec.labels_file, expected=spec.num_classes)
     if len(set(labels)) != len(labels):
         logger.info("%s has repeated labels; clients should key on the index", model_dir)
-    version = settings.model_version or newest_version(model_dir)
-    try:
-        weights = WeightsInfo.load(model_dir / version)
-    except (ValueError, TypeError) as exc:
-        raise SpecError(f"{model_dir / version} has an unreadable weights.json: {exc}") from exc
-    if weights is not None:  # a repository built before sources were recorded as names
-        weights = replace(weights, source=public_source(weights.source))
-    if weights is None:
-        logger.warning("no weights.json under %s: weights source unknown", model_dir / version)
-    elif weights.random_init:
-        logger.warning(
-            "serving RANDOM-INIT weights from %s: predictions are meaningless", model_dir / version
-        )
+    version = settings.model_version or newest_version(
+        model_dir, model_file=ONNX_FILENAME if settings.backend == "embedded" else None
+    )
     return ModelInfo(
-        spec=spec, labels=tuple(labels), weights=weights, model_dir=model_dir, version=version
+        spec=spec,
+        labels=tuple(labels),
+        weights=read_weights(model_dir / version),
+        model_dir=model_dir,
+        version=version,
     )
 
 
-def newest_version(model_dir: Path) -> str:
+def read_weights(version_dir: Path) -> WeightsInfo | None:
+    """A version's `weights.json` (its source reduced to what may be shown), warning in
+    the log when there is none or the weights are random; raises `SpecError` for a file
+    that cannot be read."""
+    try:
+        weights = WeightsInfo.load(version_dir)
+    except (ValueError, TypeError) as exc:
+        raise SpecError(f"{version_dir} has an unreadable weights.json: {exc}") from exc
+    if weights is not None:  # a repository built before sources were recorded as names
+        weights = replace(weights, source=public_source(weights.source))
+    if weights is None:
+        logger.warning("no weights.json under %s: weights source unknown", version_dir)
+    elif weights.random_init:
+        logger.warning(
+            "serving RANDOM-INIT weights from %s: predictions are meaningless", version_dir
+        )
+    return weights
+
+
+def newest_version(model_dir: Path, model_file: str | None = None) -> str:
     """The highest numbered version directory under `model_dir` ("" when there is none):
-    the version Triton serves by default, and so the one an unpinned gateway reads."""
-    numbered = [p.name for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()]
-    return max(numbered, key=int) if numbered else ""
+    the version Triton serves by default, and so the one an unpinned gateway reads. With
+    `model_file`, the highest that holds it and its `weights.json`, so an embedded gateway
+    starting beside a version still being copied serves the one before (falling back to
+    the highest when none does: start-up then says what is missing)."""
+    versions = numbered_versions(model_dir)
+    if model_file is not None:
+        whole = [
+            v for v in versions
+            if not {model_file, WEIGHTS_FILENAME} & set(missing_files(model_dir / v, model_file))
+        ]
+        versions = whole or versions
+    return versions[-1] if versions else ""

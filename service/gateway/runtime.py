@@ -31,6 +31,7 @@ from service.errors import (
     ShuttingDown,
 )
 from service.gateway.backends import Backend, ModelId, build_backend, engine_of, top_k_from_probs
+from service.gateway.backends.switch import BackendSwitch
 from service.gateway.batching import (
     ADMISSION_HEADROOM,
     BatcherClosedError,
@@ -39,6 +40,7 @@ from service.gateway.batching import (
 )
 from service.gateway.metrics import GatewayMetrics, multiprocess_dir
 from service.gateway.modelinfo import ModelInfo, load_model_info
+from service.gateway.rollout import Rollout
 from service.gateway.settings import EffectiveSettings, Settings, resolve
 from service.gateway.tracing import TRACING_OFF, QueueWait, Tracing
 from service.preprocess import Preprocessor
@@ -96,6 +98,8 @@ class Runtime:
     batcher: MicroBatcher[_Item, Ranking]
     preprocessor: Preprocessor
     tracing: Tracing = TRACING_OFF
+    #: Changes the model version while serving; None when the backend was handed in.
+    rollout: Rollout | None = None
     cpu_jobs: int = 0  # run_cpu calls in flight (queued or running in the pool)
     _preprocess_s: float = 0.0  # moving average of one image's preprocessing time
 
@@ -109,16 +113,21 @@ class Runtime:
         tracing: Tracing = TRACING_OFF,
     ) -> Runtime:
         """Load the model info, start the backend (raises `ContractError`/`SpecError` on a
-        model the gateway cannot serve) and the batcher. Spans go to `tracing`."""
+        model the gateway cannot serve: also one that does not answer as its
+        `verification.json` records) and the batcher. Spans go to `tracing`. A backend the
+        runtime builds itself can be changed to another model version while serving
+        (`rollout`); a `backend` handed in (tests) serves as it is."""
         model = load_model_info(settings)
         effective = resolve(settings, model.spec)
+        handed_in = backend is not None
         if backend is None:
             backend = build_backend(settings, model, effective)
         await backend.start()
+        switch = BackendSwitch(backend)
         metrics.set_engine(engine_of(backend))
         batcher: MicroBatcher[_Item, Ranking] = MicroBatcher(
             batch_function(
-                backend, metrics, num_classes=model.spec.num_classes, tracing=tracing,
+                switch, metrics, num_classes=model.spec.num_classes, tracing=tracing,
                 model_name=model.spec.name,
             ),
             max_batch_size=effective.max_batch_size,
@@ -130,23 +139,42 @@ class Runtime:
             settings=settings,
             effective=effective,
             model=model,
-            backend=backend,
+            backend=switch,
             metrics=metrics,
             pool=ThreadPoolExecutor(effective.preprocess_threads, thread_name_prefix="ca-cpu"),
             batcher=batcher,
             preprocessor=Preprocessor(model.spec, settings.max_image_pixels),
             tracing=tracing,
         )
+        if not handed_in:
+            runtime.rollout = Rollout(
+                settings, effective, model, switch, metrics, on_swap=runtime._serve_model
+            )
+            try:
+                await runtime.rollout.check_started()
+            except BaseException:
+                await switch.close()
+                runtime.pool.shutdown(wait=False)
+                raise
         if not multiprocess_dir():
             metrics.queue_depth.set_function(lambda: runtime.batcher.depth)
-        if backend.ready():
-            metrics.model_answered(backend.model_id())
-        backend.set_cpu_jobs_probe(lambda: runtime.cpu_jobs)
+        if switch.ready():
+            metrics.model_answered(switch.model_id())
+        switch.set_cpu_jobs_probe(lambda: runtime.cpu_jobs)
         runtime.batcher.start()
+        if runtime.rollout is not None:
+            runtime.rollout.start_polling()
         return runtime
 
+    def _serve_model(self, model: ModelInfo) -> None:
+        # The rollout's new version takes traffic: what /v1/model and the v2 metadata say.
+        self.model = model
+
     async def close(self) -> None:
-        """Finish every queued image, then release the backend and threads."""
+        """Stop changing versions, finish every queued image, then release the backend
+        and threads."""
+        if self.rollout is not None:
+            await self.rollout.close()
         await self.batcher.close()
         await self.backend.close()
         self.pool.shutdown(wait=True)

@@ -84,3 +84,20 @@ class ErrorDetail(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorDetail
+
+
+class VersionChange(BaseModel):
+    """What a model admin call did."""
+
+    result: Literal["loaded", "unchanged"] = Field(
+        description="loaded: the version was verified and serves now; unchanged: it already "
+        "served (a refused version is a 409 `version_refused` error instead)"
+    )
+    model: str = Field(description="The served model's name")
+    version: str = Field(description="The version serving now")
+    previous: str = Field(description="The version that served before the call")
+    pinned: str = Field(
+        description="The version the gateway now stays on; empty while it follows the "
+        "newest (CA_MODEL_VERSION empty, after a reload)"
+    )
+    detail: str = Field(description="What was checked, for people")

@@ -18,6 +18,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from service.spec import ONNX_MODEL, ModelSpec
+from service.versions import is_version_name
 
 # The backends' defaults for `max_batch_size` and `max_concurrent_batches` when those are 0.
 #
@@ -72,9 +73,15 @@ class Settings(BaseSettings):
         "on Triton, the model name asked for",
     )
     model_version: str = Field(
-        default="1",
-        description="The version served on both backends; empty: the newest (embedded: the "
-        "highest numbered directory, Triton: its newest loaded version)",
+        default="",
+        description="Pin the version served on both backends; empty: the newest (embedded: "
+        "the highest numbered directory, followed as new ones appear; Triton: its newest "
+        "loaded version)",
+    )
+    model_poll_interval_s: float = Field(
+        default=10.0, ge=0.0,
+        description="Embedded backend, unpinned: how often the repository is checked for a "
+        "newer complete version, which is verified and swapped in without a restart; 0: never",
     )
     triton_url: str = Field(
         default="127.0.0.1:8001",
@@ -182,6 +189,14 @@ class Settings(BaseSettings):
 
     # Security.
     api_keys: Annotated[tuple[str, ...], NoDecode] = ()
+    # The model admin routes (load a version) change what every client gets: with no API
+    # keys they would be open to anyone who can reach the gateway, so they stay off unless
+    # this is set on purpose (a gateway only a trusted network can reach).
+    allow_unauthenticated_admin: bool = Field(
+        default=False,
+        description="Open the model admin routes (POST /v1/model/reload, "
+        "/v1/model/versions/{v}/load) when CA_API_KEYS is empty; with keys they need one",
+    )
     cors_origins: Annotated[tuple[str, ...], NoDecode] = ()
 
     @field_validator("api_keys", "cors_origins", mode="before")
@@ -190,6 +205,16 @@ class Settings(BaseSettings):
         # Environment variables carry lists as "a,b,c".
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("model_version")
+    @classmethod
+    def _check_model_version(cls, value: str) -> str:
+        value = value.strip()
+        if value and not is_version_name(value):
+            raise ValueError(
+                f"a version is a positive number (or empty: the newest), got {value!r}"
+            )
         return value
 
     @field_validator("triton_url")

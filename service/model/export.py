@@ -18,8 +18,12 @@ from numpy.typing import NDArray
 from service.model.precision import tf32
 from service.spec import ModelSpec
 
-PROBS_ATOL = 1e-5
-TOP_K = 5
+# The gate's arithmetic lives in the core (the gateway checks new versions with it too).
+from service.verification import PROBS_ATOL as PROBS_ATOL
+from service.verification import TOP_K as TOP_K
+from service.verification import same_ranking as same_ranking
+from service.verification import top_k_indices as top_k_indices
+
 ONNX_OPSET = 17
 
 Batch = NDArray[np.uint8]
@@ -104,24 +108,6 @@ def onnx_runner(path: Path, spec: ModelSpec) -> Runner:
         return session.run([spec.output_name], {spec.input_name: batch})[0]  # type: ignore[no-any-return]
 
     return run
-
-
-def top_k_indices(probs: Probs, k: int = TOP_K) -> NDArray[np.int64]:
-    """Indices of the k largest per row, best first."""
-    return np.argsort(-probs, axis=1, kind="stable")[:, :k]
-
-
-def same_ranking(got: Probs, reference: Probs, k: int = TOP_K, atol: float = PROBS_ATOL) -> bool:
-    """True when both give the same top-k, up to classes whose scores tie within `atol`.
-
-    Rank j of `got` must carry (by the reference's scores) the reference's rank-j score:
-    an exact match where classes are well separated, and no false alarm where two classes
-    are closer than float rounding (as with random-init weights).
-    """
-    rows = np.arange(len(reference))[:, None]
-    by_got = reference[rows, top_k_indices(got, k)]
-    by_reference = reference[rows, top_k_indices(reference, k)]
-    return bool(np.all(np.abs(by_got - by_reference) <= atol))
 
 
 def verify(form: str, reference: Probs, candidate: Runner, batch: Batch) -> Agreement:

@@ -5,6 +5,16 @@ GPU target (the default) writes three models that serve the same graph:
 and `ca_mobilenetv2_trt` (a TensorRT plan, built on the GPU that will run it). CPU target
 writes `ca_mobilenetv2_onnx` behind Triton's Python backend for Triton builds without GPU
 backends. Every export is verified against eager PyTorch before it is written.
+
+**Versions.** Each build writes one version of every model of its target: `--version N`,
+by default the number after the highest present (1 in a new repository), next to the
+versions already there. `config.pbtxt`, `spec.json` and the labels are shared by a model's
+versions: a build whose weights would change them (another number of classes, other
+labels) is refused while versions exist. A version is written under a staging name, with
+`weights.json` and `verification.json` (eager PyTorch's probabilities on the verification
+photos, the reference the gateway checks a new version against before it serves it), and
+published by one rename once every model's export passed its check (`service.versions`).
+An existing version is never overwritten unless `force`.
 """
 
 from __future__ import annotations
@@ -44,6 +54,11 @@ from service.model.export import (
     verify,
 )
 from service.model.network import CAMobileNetV2, ca_mobilenet_v2
+from service.model.repository_versions import (
+    Staging,
+    check_shared_files,
+    choose_version,
+)
 from service.model.served import ServedModel
 from service.spec import (
     LABELS_FILENAME,
@@ -51,6 +66,7 @@ from service.spec import (
     SPEC_FILENAME,
     TENSORRT_MODEL,
     TORCHSCRIPT_MODEL,
+    VERIFICATION_FILENAME,
     WEIGHTS_FILENAME,
     ModelSpec,
     WeightsInfo,
@@ -58,12 +74,11 @@ from service.spec import (
     load_labels,
     public_source,
 )
-from service.verification import verification_batch
+from service.verification import Reference, verification_batch
 
 log = logging.getLogger(__name__)
 
 Target = Literal["gpu", "cpu"]
-VERSION = "1"
 RANDOM_SEED = 0
 DEFAULT_WEIGHTS = "default"
 DEMO_WEIGHTS = "demo"
@@ -79,6 +94,7 @@ class BuildReport:
     target: Target
     weights: WeightsInfo
     models: dict[str, Path] = field(default_factory=dict)
+    version: str = "1"
     agreements: list[Agreement] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -157,14 +173,21 @@ def load_weights(weights: str, warn: Progress) -> tuple[CAMobileNetV2, WeightsIn
 def write_model_dir(
     output: Path, kind: triton_config.Kind, spec: ModelSpec, labels: list[str]
 ) -> Path:
-    """config.pbtxt, labels.txt and spec.json: what a model directory holds besides weights."""
+    """config.pbtxt, labels.txt and spec.json: what a model's versions share. Each file is
+    replaced in one rename, so a reader never sees one half-written."""
     model_dir = output / spec.name
-    (model_dir / VERSION).mkdir(parents=True, exist_ok=True)
+    model_dir.mkdir(parents=True, exist_ok=True)
     config = triton_config.build_config(kind, spec)
-    (model_dir / triton_config.CONFIG_FILE).write_text(triton_config.render(config))
-    (model_dir / LABELS_FILENAME).write_text("\n".join(labels) + "\n", encoding="utf-8")
-    (model_dir / SPEC_FILENAME).write_text(spec.to_json())
+    _write_text(model_dir / triton_config.CONFIG_FILE, triton_config.render(config))
+    _write_text(model_dir / LABELS_FILENAME, "\n".join(labels) + "\n")
+    _write_text(model_dir / SPEC_FILENAME, spec.to_json())
     return model_dir
+
+
+def _write_text(path: Path, text: str) -> None:
+    staging = path.with_name(f".{path.name}.staging")
+    staging.write_text(text, encoding="utf-8")
+    staging.replace(path)
 
 
 def default_labels(num_classes: int) -> list[str]:
@@ -205,10 +228,19 @@ def build_repository(
     target: Target = "gpu",
     tensorrt: bool = False,
     labels_file: Path | None = None,
+    version: str | None = None,
+    force: bool = False,
     progress: Progress = _printer,
 ) -> BuildReport:
-    """Export, verify and write the repository; returns what was written and measured."""
+    """Export, verify and write one version of the target's models (`version`, default
+    the next free number); returns what was written and measured. Raises
+    `repository_versions.RepositoryError` before any export for a version that exists
+    (unless `force`) or weights that would change what the model's versions share."""
     output = Path(output)
+    kinds: list[triton_config.Kind] = (
+        ["torchscript", "onnx", "tensorrt"] if target == "gpu" else ["python_onnx"]
+    )
+    version = choose_version(output, [model_specs()[kind].name for kind in kinds], version, force)
     with _step(progress, f"loading weights ({weights})"):
         network, info = load_weights(weights, progress)
     num_classes = network.num_classes
@@ -219,52 +251,56 @@ def build_repository(
         if num_classes != IMAGENET_CLASSES:
             progress(numbered_labels_warning(num_classes))
     info = replace(info, num_parameters=sum(p.numel() for p in network.parameters()))
-    report = BuildReport(output=output, target=target, weights=info)
+    report = BuildReport(output=output, target=target, weights=info, version=version)
     specs = model_specs(num_classes)
+    for kind in kinds:
+        check_shared_files(output, specs[kind], labels)
     served = ServedModel(network, specs["onnx"]).eval()
     batch = verification_batch(specs["onnx"])
     reference = eager_runner(served)(batch)
 
-    kinds: list[triton_config.Kind] = (
-        ["torchscript", "onnx", "tensorrt"] if target == "gpu" else ["python_onnx"]
-    )
-    for kind in kinds:
-        spec = specs[kind]
-        model_dir = write_model_dir(output, kind, spec, labels)
-        version_dir = model_dir / VERSION
-        report.models[spec.name] = model_dir
-        if kind == "torchscript":
-            path = version_dir / "model.pt"
-            with _step(progress, f"exporting TorchScript -> {path}"):
-                report.agreements.append(
-                    _export_verified(
-                        "torchscript",
-                        path,
-                        partial(export_torchscript, served, spec=spec),
-                        torchscript_runner,
-                        reference,
-                        batch,
+    with Staging(output, version, replace=force) as staging:
+        for kind in kinds:
+            spec = specs[kind]
+            report.models[spec.name] = output / spec.name
+            version_dir = staging.dir_for(spec.name)
+            if kind == "torchscript":
+                path = version_dir / "model.pt"
+                with _step(progress, f"exporting TorchScript -> {staging.version_dir(spec.name)}"):
+                    report.agreements.append(
+                        _export_verified(
+                            "torchscript",
+                            path,
+                            partial(export_torchscript, served, spec=spec),
+                            torchscript_runner,
+                            reference,
+                            batch,
+                        )
                     )
-                )
-        elif kind in ("onnx", "python_onnx"):
-            path = version_dir / "model.onnx"
-            with _step(progress, f"exporting ONNX -> {path}"):
-                report.agreements.append(
-                    _export_verified(
-                        "onnx",
-                        path,
-                        partial(export_onnx, served, spec=spec),
-                        partial(onnx_runner, spec=spec),
-                        reference,
-                        batch,
+            elif kind in ("onnx", "python_onnx"):
+                path = version_dir / "model.onnx"
+                with _step(progress, f"exporting ONNX -> {staging.version_dir(spec.name)}"):
+                    report.agreements.append(
+                        _export_verified(
+                            "onnx",
+                            path,
+                            partial(export_onnx, served, spec=spec),
+                            partial(onnx_runner, spec=spec),
+                            reference,
+                            batch,
+                        )
                     )
-                )
-            if kind == "python_onnx":
-                shutil.copy2(PYTHON_MODEL, version_dir / "model.py")
-        elif kind == "tensorrt":
-            report.notes.append(_tensorrt_step(output, tensorrt, progress))
-        (version_dir / WEIGHTS_FILENAME).write_text(info.to_json())
+                if kind == "python_onnx":
+                    shutil.copy2(PYTHON_MODEL, version_dir / "model.py")
+            (version_dir / VERIFICATION_FILENAME).write_text(Reference.of(reference).to_json())
+            (version_dir / WEIGHTS_FILENAME).write_text(info.to_json())
+        # The shared files last: they equal those of the versions present, if any.
+        for kind in kinds:
+            write_model_dir(output, kind, specs[kind], labels)
+    if "tensorrt" in kinds:
+        report.notes.append(_tensorrt_step(output, version, tensorrt, progress))
 
+    progress(f"   published version {version} of {', '.join(report.models)}")
     for agreement in report.agreements:
         progress(
             f"   {agreement.form}: max |diff| vs eager {agreement.max_abs_diff:.2e} on "
@@ -303,7 +339,7 @@ def _export_verified(
     return agreement
 
 
-def _tensorrt_step(output: Path, requested: bool, progress: Progress) -> str:
+def _tensorrt_step(output: Path, version: str, requested: bool, progress: Progress) -> str:
     from service.model import tensorrt as trt_build
 
     if not requested and not trt_build.available():
@@ -312,5 +348,5 @@ def _tensorrt_step(output: Path, requested: bool, progress: Progress) -> str:
             "`python -m service.model.tensorrt --repository DIR`"
         )
     with _step(progress, "building the TensorRT plan (FP16)"):
-        outcome = trt_build.build_for_repository(output, report=progress)
+        outcome = trt_build.build_for_repository(output, version=version, report=progress)
     return f"TensorRT plan written to {outcome.plan}, verified against ONNX Runtime CPU"

@@ -10,7 +10,9 @@ In order, it (1) checks that the TensorRT it builds with is the pinned one
 (2) identifies the GPU, (3) takes the plan for (ONNX digest, GPU, TensorRT version,
 precision, batch profile) from the cache or builds it, (4) runs it on the probe photos
 against ONNX Runtime CPU (`plan_check`) and (5) only then renames it into
-`ca_mobilenetv2_trt/1/model.plan` (`plan_provision`, `plan_cache`). Any failure exits 1
+`ca_mobilenetv2_trt/<version>/model.plan` (`plan_provision`, `plan_cache`), for every
+version of the ONNX model, newest first (a pinned older version needs its plan too; the
+cache makes repeats a copy). Any failure exits 1
 with one `error:` line saying which step failed and why.
 
 Needs TensorRT's Python bindings (`tensorrt`, or `tensorrt_bindings` where only the
@@ -35,8 +37,8 @@ from service.model.plan_check import Runner, plan_verifier
 from service.model.plan_provision import Outcome, provision
 from service.model.tensorrt_version import PIN_ENV
 from service.spec import ONNX_MODEL, TENSORRT_MODEL, ModelSpec, SpecError
+from service.versions import numbered_versions
 
-VERSION = "1"
 WORKSPACE_BYTES = 1 << 30
 
 
@@ -188,11 +190,15 @@ def build_for_repository(
     pin: str | None = None,
     toolkit: Toolkit = TENSORRT,
     lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
+    version: str | None = None,
     report: Callable[[str], None] = lambda _: None,
 ) -> Outcome:
-    """Check the TensorRT, then install a verified `ca_mobilenetv2_trt/1/model.plan` built
-    from `ca_mobilenetv2_onnx/1/model.onnx`, through `cache` where given."""
-    onnx_path = repository / ONNX_MODEL / VERSION / "model.onnx"
+    """Check the TensorRT, then install a verified `ca_mobilenetv2_trt/<version>/model.plan`
+    built from `ca_mobilenetv2_onnx/<version>/model.onnx`, through `cache` where given.
+    `version` defaults to the newest of the ONNX model (the one Triton serves unpinned)."""
+    if version is None:
+        version = (numbered_versions(repository / ONNX_MODEL) or ["1"])[-1]
+    onnx_path = repository / ONNX_MODEL / version / "model.onnx"
     if not onnx_path.is_file():
         raise FileNotFoundError(f"no ONNX model at {onnx_path}: run `ca-serve build-repo` first")
     spec = ModelSpec.load(repository / TENSORRT_MODEL)
@@ -212,7 +218,7 @@ def build_for_repository(
     )
     verify = plan_verifier(lambda plan: toolkit.open_plan(plan, spec), onnx_path, spec)
     return provision(
-        repository / TENSORRT_MODEL / VERSION / "model.plan",
+        repository / TENSORRT_MODEL / version / "model.plan",
         identity,
         lambda plan: toolkit.build(onnx_path, plan, spec, fp16),
         verify,
@@ -242,21 +248,31 @@ def main(argv: list[str] | None = None, *, toolkit: Toolkit = TENSORRT) -> int:
     def say(line: str) -> None:
         print(line, flush=True)
 
-    try:
-        outcome = build_for_repository(
-            args.repository,
-            args.cache,
-            fp16=not args.fp32,
-            pin=args.tensorrt_version,
-            toolkit=toolkit,
-            lock_timeout_s=args.lock_timeout_s,
-            report=say,
-        )
-    # TensorRTUnavailable, TensorRTMismatch, PlanMismatch, PlanCacheError and TensorRT's
-    # own build failures are RuntimeErrors; a missing model or unwritable cache, OSErrors.
-    except (RuntimeError, OSError, SpecError) as exc:
-        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
-        return 1
+    versions: list[str | None] = [
+        *reversed(numbered_versions(args.repository / ONNX_MODEL))
+    ] or [None]  # none: the step reports the missing model
+    for version in versions:
+        try:
+            outcome = build_for_repository(
+                args.repository,
+                args.cache,
+                fp16=not args.fp32,
+                pin=args.tensorrt_version,
+                toolkit=toolkit,
+                lock_timeout_s=args.lock_timeout_s,
+                version=version,
+                report=say,
+            )
+        # TensorRTUnavailable, TensorRTMismatch, PlanMismatch, PlanCacheError and TensorRT's
+        # own build failures are RuntimeErrors; a missing model or unwritable cache, OSErrors.
+        except (RuntimeError, OSError, SpecError) as exc:
+            print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+            return 1
+        _describe(outcome, say)
+    return 0
+
+
+def _describe(outcome: Outcome, say: Callable[[str], None]) -> None:
     for note in outcome.notes:
         say(f"note: {note}")
     check = outcome.verification
@@ -269,7 +285,6 @@ def main(argv: list[str] | None = None, *, toolkit: Toolkit = TENSORRT) -> int:
         f"{check['max_abs_diff']:.2e} (limit {check['tolerance']:.0e}), same top-1 on "
         f"{check['top1_same']}"
     )
-    return 0
 
 
 if __name__ == "__main__":

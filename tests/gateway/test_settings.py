@@ -79,7 +79,10 @@ def test_backends_are_built_from_the_resolved_values(tiny_repository: Path) -> N
     assert (triton.url, triton.timeout_s, triton.name) == ("127.0.0.1:9", 2.5, "triton")
     # CA_MODEL_NAME and CA_MODEL_VERSION are what Triton is asked for; the batch is the
     # resolved one, which each Triton endpoint checks against the model's config.
-    assert (triton.model, triton.version) == (TINY_MODEL, "1")
+    # Unpinned by default: Triton serves its newest loaded version.
+    assert (triton.model, triton.version) == (TINY_MODEL, "")
+    pinned = triton_settings.model_copy(update={"model_version": "1"})
+    assert build_backend(pinned, model, resolve(pinned, model.spec)).version == "1"
     assert triton.max_batch_size == model.spec.max_batch_size
 
 

@@ -174,6 +174,20 @@ class TritonBackend:
         ready = self._pool.ready()
         return ModelId(self.model, ready[0].version if ready else self.version)
 
+    # -- versions (the rollout drives these: service/gateway/rollout.py) ---------------
+    def pin(self, version: str) -> None:
+        """Ask every endpoint, and those resolved later, for `version` from the next call
+        on; `model_id` reports it until an answer says otherwise."""
+        self.version = version
+        for endpoint in self._pool.endpoints:
+            endpoint.pin(version)
+        self._answered = ModelId(self.model, version)
+
+    @property
+    def half_precision(self) -> bool:
+        """Whether a ready endpoint's config runs the model in half precision."""
+        return any(endpoint.half_precision for endpoint in self._pool.ready())
+
     @property
     def endpoints(self) -> list[Endpoint]:
         """The endpoints in rotation now, ready or not (for tests and diagnostics)."""

@@ -66,6 +66,23 @@ def check_batch_limit(config: dict[str, Any], max_batch_size: int) -> None:
         )
 
 
+def runs_half_precision(config: dict[str, Any]) -> bool:
+    """Whether Triton runs the model of `config` (its JSON form) in half precision: a
+    TensorRT plan (built FP16 by default), or ONNX Runtime's TensorRT accelerator set to
+    FP16. Its answers are then held to the FP16 tolerance, not the FP32 one."""
+    if config.get("platform") == "tensorrt_plan":
+        return True
+    accelerators = (
+        config.get("optimization", {}).get("execution_accelerators", {})
+        .get("gpu_execution_accelerator", [])
+    )
+    return any(
+        accelerator.get("name") == "tensorrt"
+        and str(accelerator.get("parameters", {}).get("precision_mode", "")).upper() == "FP16"
+        for accelerator in accelerators
+    )
+
+
 def served_version(meta: dict[str, Any], pinned: str) -> str:
     """The version a call answers with: `pinned` when set, else the newest the metadata
     lists (Triton routes an unversioned call to its newest loaded version)."""

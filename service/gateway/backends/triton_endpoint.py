@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+from collections import Counter
 from typing import Any, Literal
 
 import numpy as np
@@ -24,6 +26,7 @@ from service.gateway.backends.triton_contract import (
     check_batch_limit,
     check_metadata_contract,
     classify_failure,
+    runs_half_precision,
     served_version,
 )
 from service.gateway.tracing import client_call
@@ -83,6 +86,10 @@ class Endpoint:
         #: Set when the model there breaks the contract; cleared when it is reloaded.
         self.contract_error: str | None = None
         self.inflight = 0
+        #: Calls in flight by the version they asked for ("" unpinned).
+        self.inflight_by_version: Counter[str] = Counter()
+        #: Whether the model's config runs it in half precision (set by the contract check).
+        self.half_precision = False
         self._contract_ok = False
         self._client = self._make_client()
 
@@ -156,24 +163,32 @@ class Endpoint:
             config = await self._client.get_model_config(self.model, self.pinned_version)
         check_metadata_contract(meta, self.spec)
         check_batch_limit(config, self.max_batch_size)
+        self.half_precision = runs_half_precision(config)
         self.version = served_version(meta, self.pinned_version)
         self._contract_ok = True
 
     # -- inference -------------------------------------------------------------------
     async def infer(
-        self, batch: NDArray[np.uint8], *, class_count: int, timeout_s: float
+        self,
+        batch: NDArray[np.uint8],
+        *,
+        class_count: int,
+        timeout_s: float,
+        version: str | None = None,
     ) -> tuple[Any, ModelId]:
-        """One inference call of at most `timeout_s`: tritonclient's result and the model
-        that answered. Raises `CallFailed`; a failure that drops the endpoint (see
-        `Failure`) has already marked it down."""
+        """One inference call of at most `timeout_s` to `version` (default: the pinned
+        one): tritonclient's result and the model that answered. Raises `CallFailed`; a
+        failure that drops the endpoint (see `Failure`) has already marked it down."""
         module = self.module()
         image = module.InferInput(self.spec.input_name, list(batch.shape), "UINT8")
         image.set_data_from_numpy(batch)
         output = module.InferRequestedOutput(self.spec.output_name, class_count=class_count)
-        kwargs: dict[str, Any] = {"model_version": self.pinned_version, "outputs": [output]}
+        asked = self.pinned_version if version is None else version
+        kwargs: dict[str, Any] = {"model_version": asked, "outputs": [output]}
         if self.protocol == "grpc":
             kwargs["client_timeout"] = timeout_s
         self.inflight += 1
+        self.inflight_by_version[asked] += 1
         try:
             async with asyncio.timeout(timeout_s):
                 with client_call("triton infer", self._span_attributes) as headers:
@@ -192,9 +207,39 @@ class Endpoint:
             raise CallFailed(failure, detail) from exc
         finally:
             self.inflight -= 1
-        answered = answered_by(result) or ModelId(self.model, self.version)
+            self.inflight_by_version[asked] -= 1
+        answered = answered_by(result) or ModelId(self.model, asked or self.version)
         self.version = answered.version or self.version
         return result, answered
+
+    # -- versions (Triton's repository API, explicit model control) --------------------
+    async def load_versions(self, versions: list[str], timeout_s: float) -> None:
+        """Have Triton serve exactly `versions` of the model: its config with a `specific`
+        version policy, sent with the load request, so versions already loaded keep
+        serving while the others load or unload. Raises `ContractError` when a version is
+        not ready afterwards (Triton skips a version its repository lacks without error)."""
+        async with asyncio.timeout(timeout_s):
+            if self.protocol == "grpc":
+                config = (
+                    await self._client.get_model_config(self.model, as_json=True)
+                ).get("config", {})
+            else:
+                config = await self._client.get_model_config(self.model)
+            wanted = sorted(set(versions), key=int)
+            config["version_policy"] = {"specific": {"versions": [int(v) for v in wanted]}}
+            await self._client.load_model(self.model, config=json.dumps(config))
+            missing = [
+                v for v in wanted if not await self._client.is_model_ready(self.model, v)
+            ]
+        if missing:
+            raise ContractError(
+                f"triton at {self.address} did not load version(s) {', '.join(missing)} of "
+                f"{self.model}: is it in that server's repository?"
+            )
+
+    def pin(self, version: str) -> None:
+        """Ask for `version` from the next call on."""
+        self.pinned_version = self.version = version
 
     def _span_attributes(self) -> dict[str, str | int]:
         host, _, port = self.address.rpartition(":")
