@@ -135,8 +135,8 @@ class Rollout:
 
     # -- the admin calls ---------------------------------------------------------------
     async def reload(self) -> Outcome:
-        """Return to `CA_MODEL_VERSION` (or, empty, the newest complete version) and load
-        it if it is not the one serving."""
+        """Return to `CA_MODEL_VERSION` (or, empty, the newest complete version not
+        refused as it is) and load it if it is not the one serving."""
         self._pinned = self.settings.model_version
         target = self._pinned or self._newest_complete() or self.model.version
         return await self._change(target, trigger="reload", pin=False)
@@ -166,7 +166,7 @@ class Rollout:
         if self._pinned:
             return None
         found = await asyncio.to_thread(self._newest_complete_fingerprint)
-        if found is None or found == self._loaded or self._refused.get(found[0]) == found[1]:
+        if found is None or found == self._loaded:
             self._sighted = None
             return None
         if found != self._sighted:  # wait one interval: a copy may still be writing it
@@ -180,9 +180,12 @@ class Rollout:
         return found[0] if found else None
 
     def _newest_complete_fingerprint(self) -> tuple[str, Fingerprint] | None:
+        """The newest version that is complete and was not refused as it is now."""
         for version in reversed(numbered_versions(self.model.model_dir)):
             if not missing_files(self.model.model_dir / version, self._model_file):
-                return version, self._fingerprint(version)
+                stamp = self._fingerprint(version)
+                if self._refused.get(version) != stamp:
+                    return version, stamp
         return None
 
     @property

@@ -119,11 +119,17 @@ class Endpoint:
 
     # -- health ----------------------------------------------------------------------
     async def probe(self, timeout_s: float) -> None:
-        """Ask whether the server and the model are ready, and check the contract once per
-        load; updates `ready`, `state`, `version` and `contract_error`. Never raises."""
+        """Ask whether the server is live and the model ready at the version asked for,
+        and check the contract once per load; updates `ready`, `state`, `version` and
+        `contract_error`. Never raises.
+
+        Not the server's readiness: Triton's (strict by default) is false while any version
+        of any model loads, such as a new version loading beside the one serving during a
+        rollout (by this gateway or another), while the version asked for keeps answering.
+        A stopping Triton unloads its models, so their readiness goes with it."""
         try:
             async with asyncio.timeout(timeout_s):
-                server_ready = await self._client.is_server_ready()
+                server_ready = await self._client.is_server_live()
                 model_ready = server_ready and await self._client.is_model_ready(
                     self.model, self.pinned_version
                 )
@@ -137,7 +143,7 @@ class Endpoint:
             self.mark_down(f"unreachable: {short(exc)}")
             return
         if not server_ready:
-            self.mark_down("server not ready")
+            self.mark_down("server not live")
         elif not model_ready:
             self.mark_down(f"model {self.model} not ready")
         elif not self.ready:

@@ -85,6 +85,6 @@ async def unstage(backend: TritonBackend, serving: str, timeout_s: float) -> Non
     """After a refused version: have every ready server keep `serving` only (best effort:
     a server that fails here still serves `serving`, which the gateway asks for)."""
     await asyncio.gather(
-        *(e.load_versions([serving], timeout_s) for e in ready_endpoints(backend)),
+        *(e.load_versions([serving], timeout_s) for e in backend.endpoints if e.ready),
         return_exceptions=True,
     )
