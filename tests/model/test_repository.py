@@ -59,7 +59,7 @@ def test_cpu_repository_from_a_checkpoint(model_repository: Path, test_checkpoin
     model_dir = model_repository / ONNX_MODEL
     # (Triton's Python backend may leave a __pycache__ beside model.py once it has run.)
     built = sorted(p.name for p in (model_dir / "1").iterdir() if p.name != "__pycache__")
-    assert built == ["model.onnx", "model.py", "weights.json"]
+    assert built == ["model.onnx", "model.py", "verification.json", "weights.json"]
     config = triton_config.load(model_dir)
     assert (
         config.backend == "python"

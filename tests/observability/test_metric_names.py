@@ -30,6 +30,7 @@ CONTRACT = {
     "ca_gateway_backend_errors_total",
     "ca_gateway_inflight_requests",
     "ca_gateway_model_info",
+    "ca_gateway_model_reloads_total",
 }
 SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
 

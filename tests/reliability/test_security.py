@@ -24,9 +24,11 @@ from service.gateway.app import create_app
 from service.gateway.metrics import (
     BACKEND_ERROR_REASONS,
     ENGINE_LABELS,
+    RELOAD_RESULTS,
     ROUTES,
     UNMATCHED_ROUTE,
 )
+from service.gateway.modelinfo import newest_version
 from service.gateway.settings import Settings
 from tests.reliability.conftest import tiny_settings
 from tests.reliability.support import gif_bomb, multipart_body, png_bomb, png_bytes
@@ -236,7 +238,8 @@ async def test_metrics_labels_come_from_fixed_sets(tiny_repo: Path) -> None:
         "reason": set(BACKEND_ERROR_REASONS),
         # The served model, as the repository names it: never anything a client sent.
         "model": {settings.model_name},
-        "version": {settings.model_version},
+        "version": {settings.model_version or newest_version(settings.model_dir)},
+        "result": set(RELOAD_RESULTS),
         "engine": set(ENGINE_LABELS),
     }
     status_codes = {"200", "307", "400", "401", "404", "405", "408", "413", "415", "422", "499",
