@@ -77,8 +77,8 @@ def test_gateway_image_installs_no_torch() -> None:
             for name in extra.split(","):
                 assert name in extras and name != "model", command
                 assert not [d for d in extras[name] if d.lower().startswith("torch")], name
-    assert any(re.search(r"install(\s+-\S+)*\s+\"?\.(\[[a-z,]+\])?\"?(\s|$)", cmd)
-               for cmd in installs)
+    project = r"install(\s+-c\s+\S+|\s+-\S+)*\s+\"?\.(\[[a-z,]+\])?\"?(\s|$)"
+    assert any(re.search(project, cmd) for cmd in installs)
     # The final stage only copies the built environment in; it installs nothing itself.
     assert not pip_installs(dockerfile.final)
 
