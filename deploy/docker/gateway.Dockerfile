@@ -14,10 +14,12 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY service ./service
 COPY clients ./clients
+COPY deploy/docker/constraints.txt /tmp/constraints.txt
 # Base install and the [tracing] extra (OpenTelemetry, off unless OTEL_TRACES_EXPORTER is
-# set); the build fails if anything dragged torch in anyway, or if OpenVINO is missing
-# where its wheels exist (the gateway would fall back to ONNX Runtime).
-RUN pip install ".[tracing]" \
+# set), at the versions the test suite runs with; the build fails if anything dragged torch
+# in anyway, or if OpenVINO is missing where its wheels exist (the gateway would fall back
+# to ONNX Runtime).
+RUN pip install -c /tmp/constraints.txt ".[tracing]" \
     && if pip show torch >/dev/null 2>&1; then echo "torch leaked into the gateway" >&2; exit 1; fi \
     && case "$(uname -m)" in x86_64|aarch64) python -c "import openvino" ;; esac
 

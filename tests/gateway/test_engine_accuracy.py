@@ -35,8 +35,14 @@ def photos_and_reference(
     paths = [*verification_images(), *photos]
     batch = np.stack([preprocess(p.read_bytes(), spec, max_image_pixels=10**8) for p in paths])
     served = ServedModel(load_checkpoint(test_checkpoint), spec).eval()
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    reference = np.concatenate([eager_runner(served)(batch[i : i + 1]) for i in range(len(batch))])
+    try:
+        reference = np.concatenate(
+            [eager_runner(served)(batch[i : i + 1]) for i in range(len(batch))]
+        )
+    finally:
+        torch.set_num_threads(threads)  # later tests' eager references use the default
     # A network whose answers differ by photo, or agreement would prove little.
     assert len({int(row.argmax()) for row in reference}) > 1
     return batch, reference

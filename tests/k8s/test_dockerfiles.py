@@ -65,11 +65,20 @@ def test_gateway_image_installs_no_torch() -> None:
     assert len(dockerfile.stages) >= 2, "multi-stage: build tools stay out of the final image"
     installs = [cmd for stage in dockerfile.stages for cmd in pip_installs(stage)]
     assert installs, "the gateway image installs the project"
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
     for command in installs:
         assert "torch" not in command, command
-        # `.` with no extras: the [model] extra is where torch lives.
-        assert "[" not in command, command
-    assert any(re.search(r"install(\s+-\S+)*\s+\.(\s|$)", cmd) for cmd in installs)
+        # `.` with at most extras that pull no torch: the [model] extra is where torch lives.
+        for extra in re.findall(r"\.\[([^\]]+)\]", command):
+            for name in extra.split(","):
+                assert name in extras and name != "model", command
+                assert not [d for d in extras[name] if d.lower().startswith("torch")], name
+    project = r"install(\s+-c\s+\S+|\s+-\S+)*\s+\"?\.(\[[a-z,]+\])?\"?(\s|$)"
+    assert any(re.search(project, cmd) for cmd in installs)
     # The final stage only copies the built environment in; it installs nothing itself.
     assert not pip_installs(dockerfile.final)
 

@@ -71,7 +71,7 @@ def test_the_init_image_installs_tensorrt_bindings_only_at_the_pinned_version() 
     assert "torch" not in " ".join(installs)
 
 
-@pytest.mark.parametrize("name", ["triton", "builder"])
+@pytest.mark.parametrize("name", ["triton", "builder", "gateway"])
 def test_every_install_is_pinned(name: str) -> None:
     for command in pip_installs(dockerfiles.parse(DOCKER / f"{name}.Dockerfile")):
         constrained = "-c /tmp/constraints.txt" in command
@@ -86,7 +86,9 @@ def test_every_install_is_pinned(name: str) -> None:
 
 def test_the_constraints_pin_every_dependency_of_the_project() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    wanted = [*project["dependencies"], *project["optional-dependencies"]["model"]]
+    extras = project["optional-dependencies"]
+    # The images install the base, [model] (the builder) and [tracing] (the gateway).
+    wanted = [*project["dependencies"], *extras["model"], *extras["tracing"]]
     pinned = {line.split("==")[0] for line in CONSTRAINTS.read_text().splitlines()
               if line and not line.startswith("#")}
     for requirement in wanted:
