@@ -202,13 +202,13 @@ def build_for_repository(
     if not onnx_path.is_file():
         raise FileNotFoundError(f"no ONNX model at {onnx_path}: run `ca-serve build-repo` first")
     spec = ModelSpec.load(repository / TENSORRT_MODEL)
-    version, line = toolkit.startup(pin)
+    tensorrt_release, line = toolkit.startup(pin)
     report(line)
     gpu_name, capability = toolkit.gpu()
     report(f"GPU: {gpu_name}, compute capability {capability}")
     identity = PlanIdentity(
         onnx_sha256=sha256_file(onnx_path),
-        tensorrt_version=version,
+        tensorrt_version=tensorrt_release,
         gpu_name=gpu_name,
         compute_capability=capability,
         precision="fp16" if fp16 else "fp32",
