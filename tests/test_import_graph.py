@@ -35,6 +35,7 @@ LAYER_OF = {
     "service.gateway.backends": "runtime",
     "service.gateway.runtime": "runtime",
     "service.gateway.rollout": "runtime",  # model versions without a restart
+    "service.gateway.version_check": "runtime",  # a version against its recorded answers
     "service.gateway.metrics": "runtime",
     "service.gateway.logs": "runtime",
     "service.gateway.tracing": "runtime",  # spans (OpenTelemetry API only)

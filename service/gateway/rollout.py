@@ -30,17 +30,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Literal
 
-import numpy as np
-from numpy.typing import NDArray
-
-from service.errors import ContractError, NotFound
+from service.errors import NotFound
 from service.gateway.backends import Backend, build_backend
 from service.gateway.backends.switch import BackendSwitch
 from service.gateway.metrics import GatewayMetrics
 from service.gateway.modelinfo import ModelInfo, read_weights
 from service.gateway.settings import EffectiveSettings, Settings
+from service.gateway.version_check import MakeBackend, Probe
 from service.spec import WEIGHTS_FILENAME, WeightsInfo
-from service.verification import FP16, FP32, Check, Reference, compare, verification_batch
+from service.verification import FP16, FP32, Check, Reference, compare
 from service.versions import Fingerprint, fingerprint, missing_files, numbered_versions
 
 logger = logging.getLogger("ca.gateway.rollout")
@@ -78,7 +76,10 @@ class Rollout:
         switch: BackendSwitch,
         metrics: GatewayMetrics,
         on_swap: Callable[[ModelInfo], None],
-        make_backend: Callable[[Settings, ModelInfo, EffectiveSettings], Backend] = build_backend,
+        *,
+        probe: Probe | None = None,
+        refused: dict[str, Fingerprint] | None = None,
+        make_backend: MakeBackend = build_backend,
     ) -> None:
         self.settings = settings
         self.effective = effective
@@ -90,9 +91,9 @@ class Rollout:
         self._lock = asyncio.Lock()
         self._pinned = settings.model_version  # "" follows the newest version
         self._loaded: tuple[str, Fingerprint] = (model.version, self._fingerprint(model.version))
-        self._refused: dict[str, Fingerprint] = {}
+        self._refused: dict[str, Fingerprint] = dict(refused or {})
         self._sighted: tuple[str, Fingerprint] | None = None
-        self._probe_batch: NDArray[np.uint8] | None = None
+        self._probe = probe or Probe(model.spec, effective.max_batch_size)
         self._poller: asyncio.Task[None] | None = None
 
     @property
@@ -105,21 +106,6 @@ class Rollout:
         return self._pinned
 
     # -- lifecycle ---------------------------------------------------------------------
-    async def check_started(self) -> Check | None:
-        """Verify the version loaded at start against its record, when it has one (None
-        when it has none); raises `ContractError` when it answers otherwise."""
-        reference = Reference.load(self.model.model_dir / self.model.version)
-        if reference is None or not self.embedded:
-            return None
-        check = await self._verify(self.switch.current, reference)
-        if not check.passed:
-            raise ContractError(
-                f"version {self.model.version} of {self.model.spec.name} does not answer as "
-                f"recorded in its verification.json: {check.describe()}"
-            )
-        logger.info("version %s verified: %s", self.model.version, check.describe())
-        return check
-
     def start_polling(self) -> None:
         """Poll the repository (embedded backend, `model_poll_interval_s` > 0)."""
         if self.embedded and self.settings.model_poll_interval_s > 0:
@@ -256,7 +242,7 @@ class Rollout:
         try:
             try:
                 await candidate.start()
-                check = await self._verify(candidate, reference)
+                check = await self._probe.check(candidate, reference)
             except Exception as exc:  # a corrupt file, a contract mismatch, a crash
                 raise Refused(f"cannot load it: {type(exc).__name__}: {exc}") from exc
             if not check.passed:
@@ -283,7 +269,7 @@ class Rollout:
         backend.pin(serving)  # keep asking for the serving version while both are loaded
         try:
             await triton_versions.stage(backend, serving, version, TRITON_LOAD_TIMEOUT_S)
-            batch = await self._probe()
+            batch = await self._probe.batch()
             answers = await triton_versions.probe(
                 backend, batch, version, self.effective.max_batch_size
             )
@@ -307,16 +293,3 @@ class Rollout:
         self._on_swap(model)
         self.metrics.set_engine(getattr(backend, "engine", None))
         self.metrics.model_answered(backend.model_id())
-
-    async def _probe(self) -> NDArray[np.uint8]:
-        if self._probe_batch is None:
-            self._probe_batch = await asyncio.to_thread(verification_batch, self.model.spec)
-        return self._probe_batch
-
-    async def _verify(self, backend: Backend, reference: Reference) -> Check:
-        """`backend`'s answers on the verification photos against `reference`, in batches
-        the backend accepts."""
-        batch = await self._probe()
-        size = self.effective.max_batch_size
-        rows = [await backend.infer(batch[i : i + size]) for i in range(0, len(batch), size)]
-        return compare(np.concatenate(rows), reference.probs, FP32)

@@ -30,7 +30,7 @@ from service.errors import (
     ServiceError,
     ShuttingDown,
 )
-from service.gateway.backends import Backend, ModelId, build_backend, engine_of, top_k_from_probs
+from service.gateway.backends import Backend, ModelId, engine_of, top_k_from_probs
 from service.gateway.backends.switch import BackendSwitch
 from service.gateway.batching import (
     ADMISSION_HEADROOM,
@@ -43,7 +43,9 @@ from service.gateway.modelinfo import ModelInfo, load_model_info
 from service.gateway.rollout import Rollout
 from service.gateway.settings import EffectiveSettings, Settings, resolve
 from service.gateway.tracing import TRACING_OFF, QueueWait, Tracing
+from service.gateway.version_check import Probe, start_sound_version
 from service.preprocess import Preprocessor
+from service.versions import Fingerprint
 
 logger = logging.getLogger("ca.gateway.runtime")
 
@@ -119,10 +121,14 @@ class Runtime:
         (`rollout`); a `backend` handed in (tests) serves as it is."""
         model = load_model_info(settings)
         effective = resolve(settings, model.spec)
+        probe = Probe(model.spec, effective.max_batch_size)
         handed_in = backend is not None
+        refused: dict[str, Fingerprint] = {}
         if backend is None:
-            backend = build_backend(settings, model, effective)
-        await backend.start()
+            started = await start_sound_version(settings, effective, model, metrics, probe)
+            backend, model, refused = started.backend, started.model, started.refused
+        else:
+            await backend.start()
         switch = BackendSwitch(backend)
         metrics.set_engine(engine_of(backend))
         batcher: MicroBatcher[_Item, Ranking] = MicroBatcher(
@@ -148,14 +154,9 @@ class Runtime:
         )
         if not handed_in:
             runtime.rollout = Rollout(
-                settings, effective, model, switch, metrics, on_swap=runtime._serve_model
+                settings, effective, model, switch, metrics, on_swap=runtime._serve_model,
+                probe=probe, refused=refused,
             )
-            try:
-                await runtime.rollout.check_started()
-            except BaseException:
-                await switch.close()
-                runtime.pool.shutdown(wait=False)
-                raise
         if not multiprocess_dir():
             metrics.queue_depth.set_function(lambda: runtime.batcher.depth)
         if switch.ready():

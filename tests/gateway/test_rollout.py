@@ -247,11 +247,38 @@ async def test_a_pinned_gateway_does_not_follow_new_versions(
         assert (await client.post("/v1/model/reload")).json()["result"] == "unchanged"
 
 
-async def test_start_up_refuses_a_version_that_disagrees_with_its_record(
-    repository: Path,
+async def test_start_up_skips_a_bad_newest_version_unless_it_is_pinned(
+    repository: Path, photos: list[Path], answers: Answers, caplog: pytest.LogCaptureFixture
 ) -> None:
     write_tiny_version(repository, "2", SEEDS["2"], broken="wrong_answers")
+    write_tiny_version(repository, "3", SEEDS["3"], broken="truncated")
     app = create_app(settings_for(repository), registry=CollectorRegistry())
+    with caplog.at_level(logging.ERROR, logger="ca.gateway.rollout"):
+        async for client in open_client(app):
+            # A restart beside bad versions serves the newest good one ...
+            assert await served(client, photos, answers) == ["1"] * 3
+            assert await reloads(client, "refused") == 2
+            # ... and the poll does not try them again as they are.
+            rollout = rollout_of(client, app)
+            assert await rollout.poll_once() is None and await rollout.poll_once() is None
+            assert await reloads(client, "refused") == 2
+    messages = [r.message for r in caplog.records]
+    assert any("refused version 3" in m and "at start-up" in m and "cannot load" in m
+               and "trying version 2" in m for m in messages), messages
+    assert any("refused version 2" in m and "does not answer as recorded" in m
+               and "trying version 1" in m for m in messages), messages
+    # Pinned, the version serves or the gateway does not start.
+    pinned = create_app(settings_for(repository, model_version="2"), registry=CollectorRegistry())
     with pytest.raises(ContractError, match="does not answer as recorded"):
+        async for _ in open_client(pinned):
+            pass
+
+
+async def test_start_up_fails_when_no_version_answers_as_recorded(tmp_path: Path) -> None:
+    repository = tiny_versioned_repository(tmp_path / "repo", seed=SEEDS["1"])
+    shutil.rmtree(repository / TINY_MODEL / "1")
+    write_tiny_version(repository, "1", SEEDS["1"], broken="wrong_answers")
+    app = create_app(settings_for(repository), registry=CollectorRegistry())
+    with pytest.raises(ContractError, match="version 1 of tiny_onnx does not answer as recorded"):
         async for _ in open_client(app):
             pass
