@@ -19,7 +19,7 @@ import pytest
 from service.gateway.settings import Settings
 from service.spec import ModelSpec
 from tests.support.gateway import TINY_MODEL, GatewayServer
-from tests.support.rollout_load import Change, Load, Timeline, check, wait_serving
+from tests.support.rollout_load import Change, Load, Timeline, check, latency_ms, wait_serving
 from tests.support.versions import tiny_answers, tiny_versioned_repository, write_tiny_version
 
 SEEDS = {"1": 31, "2": 32, "3": 33, "4": 34, "5": 35}
@@ -107,7 +107,8 @@ def test_three_swaps_by_the_poll_under_load(repository: Path, photos: list[Path]
     assert "refused version 4" in log and "cannot load it" in log
     assert "version 3 keeps serving" in log
     assert log.count("now serves version") == 3
-    print(f"poll: {len(seen)} answers, all 200; per version {per_version}")
+    print(f"poll: {len(seen)} answers, all 200; per version {per_version}; "
+          f"(answers, p50 ms, p99 ms) {latency_ms(seen, timeline)}")
 
 
 def test_three_swaps_by_the_admin_call_and_a_rollback_under_load(
@@ -153,4 +154,5 @@ def test_three_swaps_by_the_admin_call_and_a_rollback_under_load(
     assert [c.json()["pinned"] for c in calls if c.status_code == 200] == ["2", "3", "1", ""]
     assert set(per_version) == {"1", "2", "3"}, per_version
     assert "refused version 4" in log
-    print(f"admin: {len(seen)} answers, all 200; per version {per_version}")
+    print(f"admin: {len(seen)} answers, all 200; per version {per_version}; "
+          f"(answers, p50 ms, p99 ms) {latency_ms(seen, timeline)}")

@@ -20,7 +20,7 @@ import tritonclient.http as httpclient
 from service.gateway.settings import Settings
 from service.spec import ONNX_MODEL, ModelSpec
 from tests.support.gateway import GatewayServer, tiny_onnx_model
-from tests.support.rollout_load import Change, Load, Timeline, check, wait_serving
+from tests.support.rollout_load import Change, Load, Timeline, check, latency_ms, wait_serving
 from tests.support.triton import TritonServer
 from tests.support.versions import Answers, write_version
 
@@ -91,4 +91,4 @@ def test_a_version_loaded_through_the_admin_call_takes_over_under_load(
     assert loaded == {"1": False, "2": True, "3": False}
     assert set(per_version) == {"1", "2"} and per_version["2"] >= 10, per_version
     print(f"triton: {len(seen)} answers, all 200; per version {per_version}; "
-          f"admin call took {first['detail']}")
+          f"(answers, p50 ms, p99 ms) {latency_ms(seen, timeline)}; {first['detail']}")

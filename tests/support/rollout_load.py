@@ -142,3 +142,22 @@ def check(seen: list[Seen], timeline: Timeline, answers: Answers) -> dict[str, i
         )
         per_version[s.version] = per_version.get(s.version, 0) + 1
     return per_version
+
+
+def latency_ms(seen: list[Seen], timeline: Timeline) -> dict[str, tuple[int, float, float]]:
+    """Answers, p50 and p99 latency (ms) of the requests in flight during a change
+    ("changing": from when it was asked until it was seen done) and of the others
+    ("steady")."""
+    groups: dict[str, list[float]] = {"changing": [], "steady": []}
+    for s in seen:
+        during = any(c.asked <= s.answered and c.done >= s.sent for c in timeline.changes)
+        groups["changing" if during else "steady"].append((s.answered - s.sent) * 1000)
+    return {
+        name: (len(values), _quantile(values, 0.5), _quantile(values, 0.99))
+        for name, values in groups.items() if values
+    }
+
+
+def _quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)
