@@ -102,8 +102,11 @@ class Rollout:
 
     @property
     def pinned(self) -> str:
-        """The version the gateway stays on ("" while it follows the newest)."""
-        return self._pinned
+        """The version the gateway stays on ("" while it follows the newest). On Triton,
+        the version it asks for: after any change it asks for the version it loaded."""
+        if self.embedded:
+            return self._pinned
+        return str(getattr(self.switch.current, "version", "") or "")
 
     # -- lifecycle ---------------------------------------------------------------------
     def start_polling(self) -> None:

@@ -85,6 +85,7 @@ def test_a_version_loaded_through_the_admin_call_takes_over_under_load(
     assert [call.status_code for call in calls] == [200, 409], [c.text for c in calls]
     first = calls[0].json()
     assert (first["result"], first["version"], first["previous"]) == ("loaded", "2", "1")
+    assert first["pinned"] == "2"  # the gateway asks Triton for the version it loaded
     assert "answers differ from its verification.json" in calls[1].json()["error"]["message"]
     assert "refused version 3" in log and "version 2 keeps serving" in log
     # Triton keeps the serving version only: the old one and the refused one are unloaded.
