@@ -49,9 +49,11 @@ $(TEST_STAMP): $(SERVE_STAMP)
 
 # Default weights: the authors' release, or where it cannot be downloaded the demo weights
 # (not ImageNet-trained, labelled so everywhere). `make run WEIGHTS=path/to/mbv2_ca.pth`.
+# make rebuilds version 1 in place (other weights, even other classes); more versions
+# beside it: `ca-serve build-repo --version N` (docs/gateway.md, model versions).
 $(BUILT): $(wildcard $(WEIGHTS)) | $(SERVE_STAMP)
 	rm -f $(BUILT_DIR)/.built-*
-	$(VENV)/bin/ca-serve build-repo --weights '$(WEIGHTS)' --output '$(REPO)'
+	$(VENV)/bin/ca-serve build-repo --weights '$(WEIGHTS)' --output '$(REPO)' --version 1 --force
 	touch $@
 
 repo: $(BUILT)

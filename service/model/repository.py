@@ -254,7 +254,7 @@ def build_repository(
     report = BuildReport(output=output, target=target, weights=info, version=version)
     specs = model_specs(num_classes)
     for kind in kinds:
-        check_shared_files(output, specs[kind], labels)
+        check_shared_files(output, specs[kind], labels, replacing=version if force else None)
     served = ServedModel(network, specs["onnx"]).eval()
     batch = verification_batch(specs["onnx"])
     reference = eager_runner(served)(batch)

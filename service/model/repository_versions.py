@@ -40,12 +40,15 @@ def choose_version(output: Path, names: list[str], version: str | None, force: b
     return version
 
 
-def check_shared_files(output: Path, spec: ModelSpec, labels: list[str]) -> None:
+def check_shared_files(
+    output: Path, spec: ModelSpec, labels: list[str], replacing: str | None = None
+) -> None:
     """Refuse (`RepositoryError`) a build whose spec or labels differ from those the
-    model's existing versions share: Triton and the gateway read one config, spec and
-    labels file per model, so new weights with other classes are another model."""
+    model's other versions (all but `replacing`, the one this build overwrites) share:
+    Triton and the gateway read one config, spec and labels file per model, so new weights
+    with other classes are another model."""
     model_dir = output / spec.name
-    versions = numbered_versions(model_dir)
+    versions = [v for v in numbered_versions(model_dir) if v != replacing]
     if not versions:
         return
     try:

@@ -150,3 +150,19 @@ def test_the_tensorrt_step_builds_a_plan_for_every_version(
     for version in ("1", "2"):
         plan = root / TENSORRT_MODEL / version / "model.plan"
         assert plan.read_bytes() == (root / ONNX_MODEL / version / "model.onnx").read_bytes()
+
+
+def test_forcing_the_only_version_may_change_the_spec(
+    repository: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What `make repo` does with other weights: version 1 rebuilt in place, whatever its
+    classes, when no other version shares the spec."""
+    ten = save_released_format(calibrated_network(num_classes=10), tmp_path / "ten.pth")
+    assert build(repository, "--weights", str(ten), "--version", "1", "--force") == 0
+    model_dir = repository / ONNX_MODEL
+    assert ModelSpec.load(model_dir).num_classes == 10
+    assert (model_dir / "labels.txt").read_text().split() == [f"class_{i}" for i in range(10)]
+    reference = Reference.load(model_dir / "1")
+    assert reference is not None and reference.probs.shape == (3, 10)
+    assert sorted(p.name for p in model_dir.iterdir() if p.is_dir()) == ["1"]
+    assert "version 1:" in capsys.readouterr().out
