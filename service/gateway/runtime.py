@@ -6,6 +6,9 @@ reach the queue); each image then goes through the micro-batcher as
 `(image, top_k, enqueued_at)`, and each batch asks the backend for the largest `k` in it,
 every caller keeping its own first `k`.
 
+The backend sits in a `BackendSwitch`, so another model version (`rollout.py`) can take
+over between batches without a restart.
+
 No web framework here: the HTTP layer hands in `Upload`s and turns the `service.errors`
 raised back into answers.
 """

@@ -7,6 +7,7 @@ keeps serving; an admin load pins; the admin routes are guarded."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import shutil
 from collections.abc import AsyncIterator
@@ -282,3 +283,34 @@ async def test_start_up_fails_when_no_version_answers_as_recorded(tmp_path: Path
     with pytest.raises(ContractError, match="version 1 of tiny_onnx does not answer as recorded"):
         async for _ in open_client(app):
             pass
+
+
+async def test_the_old_version_is_closed_only_after_its_running_batch(repository: Path) -> None:
+    """The rollout itself, with a scripted old backend whose batch is still running when
+    the new version (real, embedded) is swapped in: the batch finishes on the old backend,
+    which is closed after it, not before."""
+    from service.gateway.backends.switch import BackendSwitch
+    from service.gateway.metrics import GatewayMetrics
+    from service.gateway.modelinfo import load_model_info
+    from service.gateway.settings import resolve
+    from tests.gateway.test_switch import BATCH, Scripted, until
+
+    settings = settings_for(repository)
+    model = load_model_info(settings)
+    old = Scripted("1")
+    switch = BackendSwitch(old)
+    metrics = GatewayMetrics("embedded", CollectorRegistry())
+    rollout = Rollout(settings, resolve(settings, model.spec), model, switch, metrics,
+                      on_swap=lambda _: None)
+    write_tiny_version(repository, "2", SEEDS["2"])
+    running = asyncio.ensure_future(switch.infer(BATCH))
+    await until(lambda: old.running == 1)
+    change = asyncio.ensure_future(rollout.load("2"))
+    await until(lambda: switch.model_id().version == "2")  # swapped in ...
+    await asyncio.sleep(0.05)
+    assert not change.done() and not old.closed  # ... the old one waits for its batch
+    old.release.set()
+    assert float((await running)[0, 0]) == 1.0
+    outcome = await change
+    assert outcome.result == "loaded" and old.closed and not old.closed_while_running
+    await switch.close()

@@ -19,7 +19,15 @@ import pytest
 from service.gateway.settings import Settings
 from service.spec import ModelSpec
 from tests.support.gateway import TINY_MODEL, GatewayServer
-from tests.support.rollout_load import Change, Load, Timeline, check, latency_ms, wait_serving
+from tests.support.rollout_load import (
+    Change,
+    Load,
+    Seen,
+    Timeline,
+    check,
+    latency_ms,
+    wait_serving,
+)
 from tests.support.versions import tiny_answers, tiny_versioned_repository, write_tiny_version
 
 SEEDS = {"1": 31, "2": 32, "3": 33, "4": 34, "5": 35}
@@ -60,7 +68,7 @@ def test_three_swaps_by_the_poll_under_load(repository: Path, photos: list[Path]
     answers = tiny_answers(pictures, ModelSpec.load(repository / TINY_MODEL), SEEDS)
     model_dir = repository / TINY_MODEL
 
-    async def scenario(url: str) -> tuple[Timeline, list, dict[str, float]]:  # type: ignore[type-arg]
+    async def scenario(url: str) -> tuple[Timeline, list[Seen], dict[str, float]]:
         timeline = Timeline(first="1")
         load = Load(url, pictures, clients=CLIENTS)
         load.start()
@@ -118,7 +126,7 @@ def test_three_swaps_by_the_admin_call_and_a_rollback_under_load(
     answers = tiny_answers(pictures, ModelSpec.load(repository / TINY_MODEL), SEEDS)
     auth = {"Authorization": f"Bearer {KEY}"}
 
-    async def scenario(url: str) -> tuple[Timeline, list, list[httpx.Response]]:  # type: ignore[type-arg]
+    async def scenario(url: str) -> tuple[Timeline, list[Seen], list[httpx.Response]]:
         timeline = Timeline(first="1")
         load = Load(url, pictures, clients=CLIENTS, headers=auth)
         load.start()

@@ -20,7 +20,15 @@ import tritonclient.http as httpclient
 from service.gateway.settings import Settings
 from service.spec import ONNX_MODEL, ModelSpec
 from tests.support.gateway import GatewayServer, tiny_onnx_model
-from tests.support.rollout_load import Change, Load, Timeline, check, latency_ms, wait_serving
+from tests.support.rollout_load import (
+    Change,
+    Load,
+    Seen,
+    Timeline,
+    check,
+    latency_ms,
+    wait_serving,
+)
 from tests.support.triton import TritonServer
 from tests.support.versions import Answers, write_version
 
@@ -50,7 +58,7 @@ def test_a_version_loaded_through_the_admin_call_takes_over_under_load(
         )
         with GatewayServer(settings) as gateway:
 
-            async def scenario() -> tuple[Timeline, list, list[httpx.Response]]:  # type: ignore[type-arg]
+            async def scenario() -> tuple[Timeline, list[Seen], list[httpx.Response]]:
                 timeline = Timeline(first="1")
                 load = Load(gateway.url, pictures, clients=3, headers=auth)
                 load.start()
