@@ -123,8 +123,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """httptools with phase deadlines, admission and a bound on the head's size.
 
     llhttp (under httptools) sets no limit on a head: the bytes read while one is
-    incomplete are counted here (whole reads, so a read that also carries the end of
-    a previous body counts in full)."""
+    incomplete are counted here. A read can carry the end of one request's body and the
+    start of the next head (a client sending its next request after an early answer, such
+    as a 503 before the body was read): that body's bytes are not counted, or a large
+    upload's tail would be mistaken for a head too large."""
 
     def __init__(
         self, config: uvicorn.Config, server_state: ServerState,
@@ -134,6 +136,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.head_started = False
         self.head_bytes = 0
         self.message_complete = False
+        self.body_bytes_in_read = 0
         self.guard = _guard(config, server_state, self.loop, lambda: self.head_started)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -148,9 +151,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        self.body_bytes_in_read = 0
         super().data_received(data)
         if self.head_started:
-            self.head_bytes += len(data)
+            self.head_bytes += len(data) - self.body_bytes_in_read
             if self.head_bytes > self.guard.policy.max_header_bytes:
                 self.guard.head_too_large()
                 return
@@ -173,6 +177,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self.head_started, self.head_bytes, self.message_complete = True, 0, False
+
+    def on_body(self, body: bytes) -> None:
+        self.body_bytes_in_read += len(body)
+        super().on_body(body)
 
     def on_headers_complete(self) -> None:
         self.head_started = False

@@ -144,6 +144,26 @@ def test_a_head_too_large_is_refused_at_once(gateway: GatewayServer) -> None:
     assert answer.startswith((b"HTTP/1.1 431 ", b"HTTP/1.1 400 "))  # 400 from h11
 
 
+def test_a_large_body_read_after_its_answer_does_not_count_as_the_next_head(
+    gateway: GatewayServer,
+) -> None:
+    # An early answer (a 503 before the body is read) leaves the client sending the rest
+    # of its upload; its next request then starts in the same read as the upload's tail
+    # and, split by the network, ends in a later one. The tail is body, not head: the
+    # next request is served, not refused with 431.
+    tail = 48 * 1024  # more than the 32 KiB head limit
+    sock = connect(gateway, GET_HEALTHZ.replace(
+        b"\r\n\r\n", f"\r\nContent-Length: {200_000 + tail}\r\n\r\n".encode()))
+    assert read_response(sock).startswith(b"HTTP/1.1 200 ")
+    sock.sendall(b"x" * 200_000)
+    time.sleep(0.2)  # the server drains the first part, so the tail travels with the head
+    sock.sendall(b"x" * tail + GET_HEALTHZ[:10])
+    time.sleep(0.2)
+    sock.sendall(GET_HEALTHZ[10:])
+    assert read_response(sock).startswith(b"HTTP/1.1 200 ")
+    sock.close()
+
+
 def test_at_the_cap_a_newcomer_takes_the_slot_waiting_longest(gateway: GatewayServer) -> None:
     # Two uploads dripping in fill the cap of 2; both wait on their client.
     head = (b"POST /classify HTTP/1.1\r\nHost: gateway\r\n"
