@@ -1,10 +1,10 @@
 """`ca-serve bench`: an asyncio load generator for the gateway (or Triton directly).
 
-N workers send requests back to back until `--duration` seconds pass or `--requests` are
-done; a progress line runs on stderr; the report gives throughput, latency percentiles
-(ok requests), status counts and errors, and can be saved as JSON (`--out`) and a PNG
-(`--plot`). Only loopback targets unless `--allow-remote`: a load test is not for
-someone else's server.
+N workers send requests back to back (one refused with `Retry-After` waits it out first)
+until `--duration` seconds pass or `--requests` are done; a progress line runs on stderr;
+the report gives throughput, latency percentiles (ok requests), status counts and errors,
+and can be saved as JSON (`--out`) and a PNG (`--plot`). Only loopback targets unless
+`--allow-remote`: a load test is not for someone else's server.
 """
 
 from __future__ import annotations
@@ -36,18 +36,18 @@ from service.loadgen.http_client import (
     encode_request,
     multipart_form,
 )
-from service.loadgen.stats import Sample, format_summary, latency_ms, summarize
+from service.loadgen.stats import Outcome, Sample, format_summary, latency_ms, summarize
 
 
 class Target(Protocol):
-    """Something to load: `send(i)` performs request `i` -> (status, error kind, images)."""
+    """Something to load: `send(i)` performs request `i`."""
 
     images_per_request: int
 
     @property
     def description(self) -> str: ...
     async def start(self) -> None: ...
-    async def send(self, index: int) -> tuple[str | None, str | None, int]: ...
+    async def send(self, index: int) -> Outcome: ...
     async def close(self) -> None: ...
 
 
@@ -99,23 +99,37 @@ class GatewayTarget:
             server = "ca-serve" if self.path == "/classify" else "the server"
             raise RuntimeError(f"cannot reach {server} at {self.url}: {exc}") from exc
 
-    async def send(self, index: int) -> tuple[str | None, str | None, int]:
+    async def send(self, index: int) -> Outcome:
         try:
             answer = await self._pool.exchange(self._requests[index % len(self._requests)])
         except HTTPError as exc:
-            return None, exc.kind, self.images_per_request
+            return Outcome(None, exc.kind, self.images_per_request)
         status = str(answer.status)
         if answer.status >= 400:
-            return status, f"{status} {answer.error_code()}", self.images_per_request
-        return status, None, self.images_per_request
+            return Outcome(status, f"{status} {answer.error_code()}", self.images_per_request,
+                           _retry_after_s(answer.headers.get("retry-after")))
+        return Outcome(status, None, self.images_per_request)
 
     async def close(self) -> None:
         await self._pool.close()
 
 
+def _retry_after_s(value: str | None) -> float:
+    """A `Retry-After` in seconds (the gateway sends whole seconds); 0 when absent or a date."""
+    try:
+        return max(0.0, float(value)) if value is not None else 0.0
+    except ValueError:
+        return 0.0
+
+
 @dataclass
 class LoadRun:
-    """Drives a target with `concurrency` workers; bounded by `duration_s` or `requests`."""
+    """Drives a target with `concurrency` workers; bounded by `duration_s` or `requests`.
+
+    A worker refused with `Retry-After` waits that long before its next request, as the
+    project's client does (`clients.retry`); `honor_retry_after=False` resends at once,
+    as a client that ignores it would (each refusal then costs the server a request at
+    once, which under closed-loop overload multiplies the traffic it must refuse)."""
 
     target: Target
     concurrency: int
@@ -123,6 +137,7 @@ class LoadRun:
     requests: int | None = None
     warmup: int = 0
     progress: bool = True
+    honor_retry_after: bool = True
     samples: list[Sample] = field(default_factory=list)
     elapsed_s: float = 0.0
 
@@ -141,9 +156,15 @@ class LoadRun:
                 if deadline is not None and time.perf_counter() >= deadline:
                     return
                 sent = time.perf_counter()
-                status, error, images = await self.target.send(index)
+                outcome = await self.target.send(index)
                 done = time.perf_counter()
-                self.samples.append(Sample(sent - started, done - sent, images, status, error))
+                self.samples.append(Sample(sent - started, done - sent, outcome.images,
+                                           outcome.status, outcome.error))
+                if self.honor_retry_after and outcome.retry_after_s > 0:
+                    wait_s = outcome.retry_after_s
+                    if deadline is not None:
+                        wait_s = min(wait_s, max(0.0, deadline - done))
+                    await asyncio.sleep(wait_s)
 
         reporter = asyncio.create_task(self._report(started)) if self.progress else None
         try:
@@ -251,6 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model-repository", type=Path,
                         help="repository holding the model's spec.json "
                              "(default: $CA_MODEL_REPOSITORY or model_repository)")
+    parser.add_argument("--ignore-retry-after", action="store_true",
+                        help="resend at once after a refusal (default: wait its Retry-After, "
+                             "as the project's client does)")
     parser.add_argument("--allow-remote", action="store_true",
                         help="allow a target that is not a loopback address")
     parser.add_argument("--quiet", action="store_true", help="no progress line")
@@ -288,6 +312,7 @@ async def _run(args: argparse.Namespace, target: Target) -> dict[str, Any]:
             requests=args.requests,
             warmup=args.concurrency if args.warmup is None else args.warmup,
             progress=not args.quiet,
+            honor_retry_after=not args.ignore_retry_after,
         )
         if run.duration_s is None and run.requests is None:
             run.duration_s = 10.0
@@ -298,6 +323,7 @@ async def _run(args: argparse.Namespace, target: Target) -> dict[str, Any]:
         "target": target.description, "concurrency": args.concurrency,
         "batch_files": args.batch_files, "top_k": args.top_k,
         "duration_s": run.duration_s, "requests": run.requests, "warmup": run.warmup,
+        "honor_retry_after": run.honor_retry_after,
     }
     summary = summarize(samples, run.elapsed_s, config)
     if args.plot is not None:

@@ -9,11 +9,21 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 PERCENTILES = (50, 90, 95, 99)
+
+
+class Outcome(NamedTuple):
+    """What one request came back with: its status (None when no answer came), an error
+    kind when it failed, the images it carried, and the wait its `Retry-After` asked for."""
+
+    status: str | None
+    error: str | None
+    images: int
+    retry_after_s: float = 0.0
 
 
 @dataclass(frozen=True)

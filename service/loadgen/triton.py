@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from service.loadgen.stats import Outcome
 from service.spec import ModelSpec
 
 
@@ -77,8 +78,8 @@ class TritonTarget:
         if self._client is not None:
             await self._client.close()
 
-    async def send(self, index: int) -> tuple[str | None, str | None, int]:
-        """One inference; (status, error kind or None, images)."""
+    async def send(self, index: int) -> Outcome:
+        """One inference."""
         from tritonclient.utils import InferenceServerException
 
         batch = self.batches[index % len(self.batches)]
@@ -91,10 +92,10 @@ class TritonTarget:
                                      **self._timeout_kwargs())
         except InferenceServerException as exc:
             status = str(exc.status() or "error")
-            return status, f"triton {status}", self.images_per_request
+            return Outcome(status, f"triton {status}", self.images_per_request)
         except OSError as exc:
-            return None, type(exc).__name__, self.images_per_request
-        return "OK", None, self.images_per_request
+            return Outcome(None, type(exc).__name__, self.images_per_request)
+        return Outcome("OK", None, self.images_per_request)
 
     def _timeout_kwargs(self) -> dict[str, Any]:
         if self.protocol == "grpc":

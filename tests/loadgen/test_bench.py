@@ -10,8 +10,9 @@ import pytest
 from PIL import Image
 
 from service.cli import main as ca_serve
-from service.loadgen.bench import check_loopback, main
+from service.loadgen.bench import GatewayTarget, LoadRun, check_loopback, main
 from service.loadgen.stats import Sample, summarize, timeline
+from tests.loadgen.test_http_client import ok, started
 from tests.support.gateway import GatewayServer
 
 
@@ -108,6 +109,30 @@ def test_timeline_merges_a_short_tail_window() -> None:
     rows = timeline([Sample(0.5, 0.1, 2, "200"), Sample(1.9, 0.2, 2, "200")], 2.05)
     assert [(r["t_s"], r["images"]) for r in rows] == [(0.0, 2), (1.0, 2)]
     assert rows[1]["width_s"] == 1.05
+
+
+REFUSED = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 35\r\nRetry-After: 1\r\n\r\n"
+           b'{"error": {"code": "overloaded"}}  ')
+
+
+@pytest.mark.parametrize("honor", [True, False])
+async def test_a_refused_worker_waits_its_retry_after_unless_told_not_to(honor: bool) -> None:
+    # A closed-loop client that resends at once turns every refusal into another request
+    # the server must refuse; the project's client waits the Retry-After out, and so does
+    # the load generator unless --ignore-retry-after.
+    canned, server = await started(lambda n: REFUSED if n == 1 else ok(b'{"results": []}'))
+    target = GatewayTarget(f"http://127.0.0.1:{canned.port}", [b"jpeg"], batch=1, top_k=5,
+                           timeout_s=5.0, api_key=None)
+    try:
+        run = LoadRun(target, 1, requests=2, progress=False, honor_retry_after=honor)
+        first, second = await run.run()
+    finally:
+        await target.close()
+        server.close()
+    assert (first.status, first.error) == ("503", "503 overloaded")
+    assert second.status == "200"
+    gap_s = second.start_s - (first.start_s + first.latency_s)
+    assert (gap_s >= 1.0) if honor else (gap_s < 0.5), gap_s
 
 
 @pytest.mark.slow
