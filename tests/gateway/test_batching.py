@@ -231,6 +231,15 @@ def test_rejects_bad_configuration(recorder: Recorder, bad: dict[str, int]) -> N
         MicroBatcher(recorder, max_batch_size=1, max_batch_delay_s=-1.0, max_queue=1)
 
 
+async def test_the_worker_task_is_named_for_task_dumps(recorder: Recorder) -> None:
+    # An operator reading asyncio's task dump (or py-spy's) finds the batcher by name.
+    b = await make(recorder)
+    try:
+        assert "micro-batcher" in {task.get_name() for task in asyncio.all_tasks()}
+    finally:
+        await b.close()
+
+
 async def test_submit_before_start_is_refused(recorder: Recorder) -> None:
     b: MicroBatcher[int, int] = MicroBatcher(
         recorder, max_batch_size=1, max_batch_delay_s=0.0, max_queue=1

@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry
 
 from service.errors import BackendUnavailable, RequestTimeout
 from service.gateway.app import create_app
-from service.gateway.backends import TopK, top_k_from_probs
+from service.gateway.backends import ModelId, TopK, top_k_from_probs
 from service.gateway.metrics import GatewayMetrics
 from service.gateway.runtime import Runtime, _Item, batch_function
 from service.gateway.settings import EffectiveSettings, Settings
@@ -136,6 +136,8 @@ class Ranked:
         self.asked: list[tuple[int, int]] = []  # (batch size, k)
         self.fail: Exception | None = None
         self.rows_short = False
+        self.model: ModelId | None = None  # the model its top-k answers name
+        self.inferred: list[int] = []  # batch sizes asked for probabilities
 
     @staticmethod
     def start(image: NDArray[np.uint8]) -> int:
@@ -155,7 +157,11 @@ class Ranked:
         top = top_k_from_probs(self.probs(batch), k)
         if self.rows_short:
             return TopK(top.indices[:-1], top.scores[:-1])
-        return top
+        return TopK(top.indices, top.scores, self.model)
+
+    async def infer(self, batch: NDArray[np.uint8]) -> NDArray[np.float32]:
+        self.inferred.append(len(batch))
+        return self.probs(batch)
 
 
 def item(start: int, k: int, enqueued_at: float) -> _Item:
@@ -179,6 +185,31 @@ async def test_batch_function_asks_once_for_the_largest_k_and_trims_each_row() -
     assert sample(registry, "ca_gateway_batch_size_sum") == 3
     assert sample(registry, "ca_gateway_inference_duration_seconds_count", backend="embedded",
                   engine="none") == 1
+
+
+async def test_each_ranking_names_the_model_that_computed_its_batch() -> None:
+    backend, registry = Ranked(), CollectorRegistry()
+    backend.model = ModelId("ca_mobilenetv2_trt", "3")
+    run = batch_function(backend, GatewayMetrics("triton", registry))  # type: ignore[arg-type]
+    now = time.perf_counter()
+    rows = await run([item(1, 2, now), item(5, 3, now)])
+    assert [row.model for row in rows] == [backend.model] * 2
+    assert sample(registry, "ca_gateway_model_info", backend="triton",
+                  model="ca_mobilenetv2_trt", version="3") == 1
+
+
+async def test_a_batch_ranking_every_class_asks_for_the_probabilities_themselves() -> None:
+    # A server-side top-k may round its scores (Triton's classification strings carry 6
+    # decimals): ranking every class takes the probabilities instead, and only then.
+    backend = Ranked()
+    run = batch_function(backend, GatewayMetrics("embedded", CollectorRegistry()),  # type: ignore[arg-type]
+                         num_classes=NUM_CLASSES)
+    now = time.perf_counter()
+    every = await run([item(2, NUM_CLASSES, now)])
+    assert backend.inferred == [1] and backend.asked == []
+    assert every == [expected_row(2, NUM_CLASSES)]
+    assert await run([item(2, NUM_CLASSES - 1, now)]) == [expected_row(2, NUM_CLASSES - 1)]
+    assert backend.inferred == [1] and backend.asked == [(1, NUM_CLASSES - 1)]
 
 
 async def test_batch_function_observes_each_images_wait() -> None:

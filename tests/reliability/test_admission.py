@@ -75,3 +75,36 @@ async def test_full_queue_is_shed_even_without_a_budget() -> None:
     gate.set()
     assert await asyncio.gather(running, *waiting) == [0, 1, 2]
     await batcher.close()
+
+
+async def test_admission_at_its_boundaries_with_a_set_estimate() -> None:
+    # Two batches of one run (held), three items queue behind them, and the estimate is
+    # set to 0.125 s per item: exact in binary, so each bound is tested at equality.
+    gate = asyncio.Event()
+
+    async def held(items: Sequence[int]) -> list[int]:
+        await gate.wait()
+        return list(items)
+
+    batcher = MicroBatcher(held, max_batch_size=1, max_batch_delay_s=0.0, max_queue=4,
+                           max_concurrent_batches=2)
+    batcher.start()
+    batcher._item_s = 0.125
+    running = [asyncio.ensure_future(batcher.submit(i)) for i in (0, 1)]
+    await asyncio.sleep(0.01)
+    one_ahead = asyncio.ensure_future(batcher.submit(2))
+    await asyncio.sleep(0.01)
+    assert batcher.depth == 1
+    # Two running + one queued + the newcomer, over two concurrent batches.
+    assert batcher.expected_wait_s() == 4 * 0.125 / 2
+    assert batcher.would_shed(0.25 / 0.75 - 0.01)  # one queued item is enough to shed
+    queued = [asyncio.ensure_future(batcher.submit(i)) for i in (3, 4)]
+    await asyncio.sleep(0.01)
+    assert batcher.expected_wait_s() == 6 * 0.125 / 2  # 0.375 s
+    assert not batcher.would_shed(0.5)  # 0.375 is not more than 75% of 0.5
+    assert batcher.would_shed(0.49)
+    assert not batcher.would_shed(None)  # no budget: only a full queue sheds
+    assert not batcher.would_shed(None, 1) and batcher.would_shed(None, 2)  # 3 of 4 queued
+    gate.set()
+    assert await asyncio.gather(*running, one_ahead, *queued) == [0, 1, 2, 3, 4]
+    await batcher.close()
