@@ -93,7 +93,8 @@ test: $(TEST_STAMP) system-deps kubectl lint
 # part of `make test`. The mutants of other functions in these files are generated, not run.
 MUTATION_SCOPE := 'service.preprocess.*' 'service.gateway.backends.base.*' \
 	'service.gateway.batching.*' 'service.gateway.runtime.x_batch_function*' \
-	'service.gateway.runtime.*_would_shed*' 'service.model.export.x_verify*' \
+	'service.gateway.runtime.*_would_shed*' 'service.gateway.runtime.*expected_wait_s*' \
+	'service.gateway.runtime.*Runtime*admit_*' 'service.model.export.x_verify*' \
 	'service.model.export.x_same_ranking*' 'service.model.export.x_top_k_indices*' \
 	'service.spec.x_load_labels*' 'service.spec.x_default_labels_path*'
 
