@@ -14,6 +14,7 @@ PyTorch's probabilities on the photos in each version directory (`verification.j
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,11 @@ _PIXEL_LIMIT = 100_000_000
 
 #: Probabilities `[rows, classes]`, float32 or float64.
 Scores = NDArray[np.floating[Any]]
+#: A preprocessed batch (uint8 `[N, H, W, 3]`), a model's probabilities for it, and a
+#: model form that maps one to the other.
+Batch = NDArray[np.uint8]
+Probs = NDArray[np.float32]
+Runner = Callable[[Batch], Probs]
 
 #: The export gate: an exported form's probabilities within this of eager PyTorch's.
 PROBS_ATOL = 1e-5
@@ -48,6 +54,22 @@ def verification_batch(spec: ModelSpec) -> NDArray[np.uint8]:
             for p in verification_images()
         ]
     )
+
+
+def onnx_cpu_runner(path: Path, spec: ModelSpec) -> Runner:
+    """ONNX Runtime's CPU provider on the ONNX file at `path`: how an ONNX export is
+    checked against eager PyTorch, and the reference a TensorRT plan built from it is
+    checked against."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def run(batch: Batch) -> Probs:
+        return session.run([spec.output_name], {spec.input_name: batch})[0]  # type: ignore[no-any-return]
+
+    return run
 
 
 def top_k_indices(probs: Scores, k: int = TOP_K) -> NDArray[np.int64]:

@@ -7,13 +7,11 @@ photos: max absolute difference on probabilities within `PROBS_ATOL` and the sam
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from numpy.typing import NDArray
 
 from service.model.precision import tf32
 from service.spec import ModelSpec
@@ -21,14 +19,11 @@ from service.spec import ModelSpec
 # The gate's arithmetic lives in the core (the gateway checks new versions with it too).
 from service.verification import PROBS_ATOL as PROBS_ATOL
 from service.verification import TOP_K as TOP_K
+from service.verification import Batch, Probs, Runner
 from service.verification import same_ranking as same_ranking
 from service.verification import top_k_indices as top_k_indices
 
 ONNX_OPSET = 17
-
-Batch = NDArray[np.uint8]
-Probs = NDArray[np.float32]
-Runner = Callable[[Batch], Probs]
 
 
 class ExportMismatch(RuntimeError):
@@ -95,19 +90,6 @@ def export_onnx(served: torch.nn.Module, path: Path, spec: ModelSpec) -> None:
             dynamo=False,
         )
     onnx.checker.check_model(onnx.load(str(path)), full_check=True)
-
-
-def onnx_runner(path: Path, spec: ModelSpec) -> Runner:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-    def run(batch: Batch) -> Probs:
-        return session.run([spec.output_name], {spec.input_name: batch})[0]  # type: ignore[no-any-return]
-
-    return run
 
 
 def verify(form: str, reference: Probs, candidate: Runner, batch: Batch) -> Agreement:

@@ -20,15 +20,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from numpy.typing import NDArray
 
 from service.model.plan_cache import Verify
 from service.spec import ModelSpec
-from service.verification import verification_batch, verification_images
+from service.verification import (
+    Probs,
+    Runner,
+    onnx_cpu_runner,
+    verification_batch,
+    verification_images,
+)
 
-Batch = NDArray[np.uint8]
-Probs = NDArray[np.float32]
-Runner = Callable[[Batch], Probs]
 OpenPlan = Callable[[Path], Runner]
 """Loads a plan file and returns a function that runs a batch through it; raises
 `PlanMismatch` for a plan that does not load."""
@@ -48,20 +50,6 @@ TOP1_TIE_RTOL = 0.05
 
 class PlanMismatch(RuntimeError):
     """A plan does not load, or disagrees with ONNX Runtime on the probe photos."""
-
-
-def onnx_cpu_runner(onnx_path: Path, spec: ModelSpec) -> Runner:
-    """ONNX Runtime's CPU provider on the graph the plan was built from: the reference."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-
-    def run(batch: Batch) -> Probs:
-        return session.run([spec.output_name], {spec.input_name: batch})[0]  # type: ignore[no-any-return]
-
-    return run
 
 
 def top1_agrees(probs: Probs, reference: Probs, tie_rtol: float = TOP1_TIE_RTOL) -> list[bool]:

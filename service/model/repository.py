@@ -43,13 +43,9 @@ from service.model.checkpoint import (
 from service.model.demo import DEMO_NOTE, DEMO_SEED, DEMO_SOURCE, demo_network
 from service.model.export import (
     Agreement,
-    Batch,
-    Probs,
-    Runner,
     eager_runner,
     export_onnx,
     export_torchscript,
-    onnx_runner,
     torchscript_runner,
     verify,
 )
@@ -74,7 +70,14 @@ from service.spec import (
     load_labels,
     public_source,
 )
-from service.verification import Reference, verification_batch
+from service.verification import (
+    Batch,
+    Probs,
+    Reference,
+    Runner,
+    onnx_cpu_runner,
+    verification_batch,
+)
 
 log = logging.getLogger(__name__)
 
@@ -285,7 +288,7 @@ def build_repository(
                             "onnx",
                             path,
                             partial(export_onnx, served, spec=spec),
-                            partial(onnx_runner, spec=spec),
+                            partial(onnx_cpu_runner, spec=spec),
                             reference,
                             batch,
                         )

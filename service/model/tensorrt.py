@@ -33,10 +33,11 @@ from pathlib import Path
 from typing import Any
 
 from service.model.plan_cache import DEFAULT_LOCK_TIMEOUT_S, PlanCache, PlanIdentity, sha256_file
-from service.model.plan_check import Runner, plan_verifier
+from service.model.plan_check import plan_verifier
 from service.model.plan_provision import Outcome, provision
 from service.model.tensorrt_version import PIN_ENV
 from service.spec import ONNX_MODEL, TENSORRT_MODEL, ModelSpec, SpecError
+from service.verification import Runner
 from service.versions import numbered_versions
 
 WORKSPACE_BYTES = 1 << 30

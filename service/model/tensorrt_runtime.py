@@ -18,8 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from service.model.plan_check import Batch, PlanMismatch, Probs, Runner
+from service.model.plan_check import PlanMismatch
 from service.spec import ModelSpec
+from service.verification import Batch, Probs, Runner
 
 
 class CudaError(RuntimeError):

@@ -25,8 +25,9 @@ from typing import Any
 import numpy as np
 
 from service.model import tensorrt
-from service.model.plan_check import PlanMismatch, Runner, onnx_cpu_runner
+from service.model.plan_check import PlanMismatch
 from service.spec import ONNX_MODEL, TENSORRT_MODEL, ModelSpec
+from service.verification import Runner, onnx_cpu_runner
 
 GPU_MAX_BATCH = 128
 STANDIN_VERSION = "0.0.0.0-standin"

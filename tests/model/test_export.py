@@ -14,14 +14,13 @@ from service.model.export import (
     eager_runner,
     export_onnx,
     export_torchscript,
-    onnx_runner,
     same_ranking,
     torchscript_runner,
     verify,
 )
 from service.model.repository import model_specs
 from service.model.served import ServedModel
-from service.verification import verification_batch
+from service.verification import onnx_cpu_runner, verification_batch
 from tests.support.checkpoints import calibrated_network
 
 SPEC = model_specs()["onnx"]
@@ -68,7 +67,7 @@ def test_torchscript_and_onnx_agree_at_any_batch_size(
     reference = eager_runner(served)(batch)
     for form, runner in (
         ("torchscript", torchscript_runner(exported / "model.pt")),
-        ("onnx", onnx_runner(exported / "model.onnx", SPEC)),
+        ("onnx", onnx_cpu_runner(exported / "model.onnx", SPEC)),
     ):
         agreement = verify(form, reference, runner, batch)
         assert agreement.max_abs_diff <= 1e-5 and agreement.same_top_k
