@@ -171,6 +171,26 @@ def copy_hashed(source: BinaryIO, target: Path) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
+def build_verified(tmp: Path, identity: PlanIdentity, build: Build, verify: Verify) -> Manifest:
+    """Build the plan for `identity` at `tmp`, flush it to disk, verify it and describe
+    it. Raises whatever `build` or `verify` raise; moving `tmp` into place is the caller's."""
+    started = time.monotonic()
+    build(tmp)
+    with tmp.open("rb+") as file:
+        os.fsync(file.fileno())
+    build_seconds = time.monotonic() - started
+    sha256, size = sha256_file(tmp), tmp.stat().st_size
+    verification = verify(tmp)
+    return Manifest(
+        identity=identity,
+        sha256=sha256,
+        size_bytes=size,
+        built_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        build_seconds=round(build_seconds, 3),
+        verification=verification,
+    )
+
+
 def mismatch(manifest: Manifest, identity: PlanIdentity, sha256: str, size: int) -> str | None:
     """Why bytes with this sha256/size are not the plan `manifest` describes, or None."""
     if manifest.identity != identity:
@@ -287,22 +307,8 @@ class PlanCache:
         is removed then and the cache is left as it was."""
         self.directory.mkdir(parents=True, exist_ok=True)
         tmp = temp_path(self.directory, identity.key())
-        started = time.monotonic()
         try:
-            build(tmp)
-            with tmp.open("rb+") as file:
-                os.fsync(file.fileno())
-            build_seconds = time.monotonic() - started
-            sha256, size = sha256_file(tmp), tmp.stat().st_size
-            verification = verify(tmp)
-            manifest = Manifest(
-                identity=identity,
-                sha256=sha256,
-                size_bytes=size,
-                built_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                build_seconds=round(build_seconds, 3),
-                verification=verification,
-            )
+            manifest = build_verified(tmp, identity, build, verify)
             os.replace(tmp, self.plan_path(identity))
         finally:
             tmp.unlink(missing_ok=True)

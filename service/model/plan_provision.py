@@ -29,8 +29,8 @@ from service.model.plan_cache import (
     PlanCacheError,
     PlanIdentity,
     Verify,
+    build_verified,
     fsync_dir,
-    sha256_file,
     temp_path,
     write_atomic,
 )
@@ -89,20 +89,8 @@ def _remove_own_temps(target: Path) -> None:
 
 
 def _build_uncached(tmp: Path, identity: PlanIdentity, build: Build, verify: Verify) -> Outcome:
-    started = time.monotonic()
-    build(tmp)
-    seconds = time.monotonic() - started
-    sha256, size = sha256_file(tmp), tmp.stat().st_size
-    verification = verify(tmp)
-    manifest = Manifest(
-        identity=identity,
-        sha256=sha256,
-        size_bytes=size,
-        built_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        build_seconds=round(seconds, 3),
-        verification=verification,
-    )
-    return Outcome(tmp, manifest, "built-uncached", verification)
+    manifest = build_verified(tmp, identity, build, verify)
+    return Outcome(tmp, manifest, "built-uncached", manifest.verification)
 
 
 def _from_cache(
