@@ -62,15 +62,15 @@ def _guard(
     return ConnectionGuard(policy, table, loop, head_has_bytes)
 
 
-class GuardedH11Protocol(H11Protocol):
-    """h11 with phase deadlines and admission (see the module docstring)."""
+class _GuardHooks(asyncio.Protocol):
+    """The events both guarded protocols report to their guard the same way; each class
+    puts this before its uvicorn protocol and says how it reads its phase (`_phase`)."""
 
-    def __init__(
-        self, config: uvicorn.Config, server_state: ServerState, app_state: dict[str, Any],
-        _loop: asyncio.AbstractEventLoop | None = None,
-    ) -> None:
-        super().__init__(config, server_state, app_state, _loop)
-        self.guard = _guard(config, server_state, self.loop, self._head_has_bytes)
+    guard: ConnectionGuard
+    app: Any
+
+    def _phase(self) -> Phase:
+        raise NotImplementedError
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -83,12 +83,8 @@ class GuardedH11Protocol(H11Protocol):
         self.guard.lost()
         super().connection_lost(exc)
 
-    def data_received(self, data: bytes) -> None:
-        super().data_received(data)
-        self.guard.enter(self._phase())
-
     def on_response_complete(self) -> None:
-        super().on_response_complete()
+        super().on_response_complete()  # type: ignore[misc]
         self.guard.enter(self._phase())
 
     def pause_writing(self) -> None:
@@ -102,8 +98,23 @@ class GuardedH11Protocol(H11Protocol):
         self.guard.enter(self._phase())
 
     def timeout_keep_alive_handler(self) -> None:
-        super().timeout_keep_alive_handler()
+        super().timeout_keep_alive_handler()  # type: ignore[misc]
         self.guard.enter(self._phase())  # a close still flushing gets the send deadline
+
+
+class GuardedH11Protocol(_GuardHooks, H11Protocol):
+    """h11 with phase deadlines and admission (see the module docstring)."""
+
+    def __init__(
+        self, config: uvicorn.Config, server_state: ServerState, app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self.guard = _guard(config, server_state, self.loop, self._head_has_bytes)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        self.guard.enter(self._phase())
 
     def _head_has_bytes(self) -> bool:
         return self.conn.their_state is h11.IDLE and bool(self.conn.trailing_data[0])
@@ -119,7 +130,7 @@ class GuardedH11Protocol(H11Protocol):
         return Phase.IDLE
 
 
-class GuardedHttpToolsProtocol(HttpToolsProtocol):
+class GuardedHttpToolsProtocol(_GuardHooks, HttpToolsProtocol):
     """httptools with phase deadlines, admission and a bound on the head's size.
 
     llhttp (under httptools) sets no limit on a head: the bytes read while one is
@@ -139,17 +150,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.body_bytes_in_read = 0
         self.guard = _guard(config, server_state, self.loop, lambda: self.head_started)
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        admission = self.guard.open(transport)
-        if admission is Admission.PROBES_ONLY:
-            self.app = probes_only(self.app, self.guard.policy.retry_after_s)
-        self.guard.enter(self._phase())
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.guard.lost()
-        super().connection_lost(exc)
-
     def data_received(self, data: bytes) -> None:
         self.body_bytes_in_read = 0
         super().data_received(data)
@@ -159,20 +159,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 self.guard.head_too_large()
                 return
         self.guard.enter(self._phase())
-
-    def pause_writing(self) -> None:
-        super().pause_writing()
-        self.guard.write_paused = True
-        self.guard.enter(self._phase())
-
-    def resume_writing(self) -> None:
-        super().resume_writing()
-        self.guard.write_paused = False
-        self.guard.enter(self._phase())
-
-    def timeout_keep_alive_handler(self) -> None:
-        super().timeout_keep_alive_handler()
-        self.guard.enter(self._phase())  # a close still flushing gets the send deadline
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -189,10 +175,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         self.message_complete = True  # before uvicorn's early return for answered requests
         super().on_message_complete()
-
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        self.guard.enter(self._phase())
 
     def _phase(self) -> Phase:
         if self.cycle is None:
