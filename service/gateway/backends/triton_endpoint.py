@@ -94,13 +94,10 @@ class Endpoint:
         self._client = self._make_client()
 
     def _make_client(self) -> Any:
+        client = self.module().InferenceServerClient
         if self.protocol == "grpc":
-            import tritonclient.grpc.aio as grpcclient
-
-            return grpcclient.InferenceServerClient(self.address, channel_args=GRPC_CHANNEL_ARGS)
-        import tritonclient.http.aio as httpclient
-
-        return httpclient.InferenceServerClient(self.address, conn_timeout=self.timeout_s)
+            return client(self.address, channel_args=GRPC_CHANNEL_ARGS)
+        return client(self.address, conn_timeout=self.timeout_s)
 
     def module(self) -> Any:
         """tritonclient's module for this protocol (its `InferInput`, `InferRequestedOutput`)."""
