@@ -1,7 +1,7 @@
 """The repository stands alone: a clone of its committed HEAD into a directory with no
 siblings collects the whole suite without errors, so no test, fixture or module reads a
-file outside the repository (a sibling `../shared/`, an ignored local build, an
-uncommitted file). Collection only: fast, and it imports every test module."""
+file outside the repository (a sibling folder, an ignored local build, an uncommitted
+file). Collection only: fast, and it imports every test module."""
 
 from __future__ import annotations
 
