@@ -96,6 +96,11 @@ def one(objects: list[Manifest], kind: str, name: str) -> Manifest:
     return found[0]
 
 
+def gateway_config(objects: list[Manifest]) -> dict[str, str]:
+    data: dict[str, str] = one(objects, "ConfigMap", "ca-serve-gateway-config")["data"]
+    return data
+
+
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "Job")
 
 
