@@ -30,6 +30,7 @@ from PIL import Image
 from clients.classify_cmd import IMAGE_SUFFIXES, positive_int
 from clients.client import DEFAULT_URL, USER_AGENT
 from clients.inputs import to_upload
+from clients.retry import parse_retry_after
 from service.loadgen.http_client import (
     ConnectionPool,
     HTTPError,
@@ -107,19 +108,11 @@ class GatewayTarget:
         status = str(answer.status)
         if answer.status >= 400:
             return Outcome(status, f"{status} {answer.error_code()}", self.images_per_request,
-                           _retry_after_s(answer.headers.get("retry-after")))
+                           parse_retry_after(answer.headers.get("retry-after")) or 0.0)
         return Outcome(status, None, self.images_per_request)
 
     async def close(self) -> None:
         await self._pool.close()
-
-
-def _retry_after_s(value: str | None) -> float:
-    """A `Retry-After` in seconds (the gateway sends whole seconds); 0 when absent or a date."""
-    try:
-        return max(0.0, float(value)) if value is not None else 0.0
-    except ValueError:
-        return 0.0
 
 
 @dataclass
