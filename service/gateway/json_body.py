@@ -34,7 +34,6 @@ from service.errors import BadRequest, InvalidParameter, PayloadTooLarge, TooMan
 from service.gateway.runtime import Upload
 from service.gateway.uploads import clean_filename
 
-JSON_MEDIA_TYPE = "application/json"
 # Base64 takes 4 bytes for every 3; the JSON around the images (keys, file names written
 # as \u escapes) takes a few KiB at most.
 _JSON_SLACK_BYTES = 64 * 1024
