@@ -25,8 +25,9 @@ from service.gateway.backends.engine import (
 )
 from service.gateway.backends.onnxruntime_engine import OnnxRuntimeEngine, open_session
 from service.gateway.backends.onnxruntime_engine import tensors as ort_tensors
-from service.gateway.backends.openvino_engine import OpenVinoEngine, compile_options
+from service.gateway.backends.openvino_engine import OpenVinoEngine, compile_options, stream_layout
 from service.gateway.backends.openvino_engine import tensors as ov_tensors
+from service.gateway.settings import available_cores
 from service.spec import ModelSpec
 from tests.support.gateway import TINY_MODEL
 
@@ -127,6 +128,24 @@ def test_openvino_compiles_unpinned_fp32_streams(tiny_repository: Path) -> None:
     # The lone model takes one image (one shape, less memory); the streams any batch.
     assert ov_tensors(lone)[0][0].shape == (1, 224, 224, 3)
     assert ov_tensors(streams)[0][0].shape == (None, 224, 224, 3)
+
+
+@pytest.mark.parametrize(("threads", "streams", "layout"), [
+    (2, 3, (2, 2)), (1, 3, (1, 1)), (4, 2, (2, 2)), (4, 1, (1, 4)),
+])
+def test_openvino_runs_at_most_one_stream_per_thread_and_queues_the_other_batches(
+    tiny_repository: Path, threads: int, streams: int, layout: tuple[int, int]
+) -> None:
+    """Batches beyond the streams get infer requests of their own and wait inside
+    OpenVINO, never more threads than `threads` (a pod's CPU quota, not the node's)."""
+    config = EngineConfig(threads=threads, streams=streams)
+    assert stream_layout(config) == layout
+    engine = OpenVinoEngine.load(model_path(tiny_repository), SPEC, config)
+    assert engine._streams is not None and len(engine._streams.requests) == streams
+    compiled = engine._streams.compiled
+    if layout[1] <= available_cores():  # OpenVINO itself caps streams at the cores
+        assert (compiled.get_property("NUM_STREAMS"),
+                compiled.get_property("INFERENCE_NUM_THREADS")) == layout
 
 
 @pytest.mark.parametrize(("threads", "streams", "lone"), [(1, 3, False), (4, 1, False),

@@ -43,8 +43,10 @@ class EngineUnavailable(RuntimeError):
 @dataclass(frozen=True)
 class EngineConfig:
     """How an engine runs: `threads` for a lone batch, up to `streams` concurrent
-    single-threaded calls, warm-up up to `warm_up_batch` images. `spinning` and
-    `rewrite_graph` apply to ONNX Runtime only."""
+    single-threaded calls, warm-up up to `warm_up_batch` images. ONNX Runtime runs each
+    call on its calling thread; OpenVINO runs them on at most `threads` single-thread
+    streams of its own, queueing the rest. `spinning` and `rewrite_graph` apply to ONNX
+    Runtime only."""
 
     threads: int = 1
     streams: int = 1
