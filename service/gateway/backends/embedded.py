@@ -97,9 +97,12 @@ class EmbeddedBackend:
             "loaded %s on %s: %d thread(s) for a lone batch, up to %d concurrent batches on "
             "1 thread each, warmed up to batch %d%s",
             self.model_path, engine.name, config.threads, config.streams, config.warm_up_batch,
-            "" if engine.name != "onnxruntime" else (
+            (
                 f", spinning {'on' if config.spinning else 'off'}, graph "
                 f"{'rewritten for the blocked layout' if config.rewrite_graph else 'as exported'}"
+            ) if engine.name == "onnxruntime" else (
+                f", at most {min(config.streams, config.threads)} at once, the rest queued"
+                if config.streams > config.threads else ""
             ),
         )
 
