@@ -24,15 +24,8 @@ from service.versions import is_version_name
 #
 # Embedded: ONNX Runtime on the gateway's CPU costs least per image at batch 2-8; batches
 # form from what queued while the backend was busy, so a cap of 4 only bounds the wait
-# behind a batch (docs/performance.md); one batch in flight per inference thread, plus
-# `OPENVINO_SPARE_STREAMS` on OpenVINO.
+# behind a batch (docs/performance.md); one batch in flight per inference thread.
 EMBEDDED_BATCH_SIZE = 4
-# A single-threaded OpenVINO stream idles ~6% of the time between its batches (the result's
-# trip back through the event loop, the next batch's trip out) and those gaps left the
-# cores ~6% idle under full load; one stream more than cores fills them: web photos at
-# concurrency 32 +5-8%, memory unchanged. On ONNX Runtime it moved throughput by less than
-# the noise and raised the p99 at concurrency 8 by ~20%, so it stays one per core there.
-OPENVINO_SPARE_STREAMS = 1
 #
 # Triton on a GPU (docs/performance.md, GPU; docs/deploy.md, capacity): a call costs 3-4 ms
 # up to batch 8 whatever its size (kernel launches), 4.5 ms at batch 32 and 10.8 ms at 128
@@ -135,9 +128,7 @@ class Settings(BaseSettings):
     )
     retry_after_s: int = Field(default=1, ge=0, description="Retry-After sent with 503 answers")
     max_concurrent_batches: int = Field(
-        default=0, ge=0,
-        description="Batches in flight at once; 0 means the backend's default (embedded: one "
-        "per inference thread, one more on OpenVINO; Triton 4)",
+        default=0, ge=0, description="Batches in flight at once; 0 means the backend's default"
     )
     preprocess_threads: int = Field(default=0, ge=0, description="0 means one per available core")
     inference_threads: int = Field(default=0, ge=0, description="0 means one per available core")
@@ -264,26 +255,17 @@ class EffectiveSettings:
     preprocess_threads: int
 
 
-def resolve(
-    settings: Settings, spec: ModelSpec, *, cores: int | None = None, openvino: bool | None = None
-) -> EffectiveSettings:
+def resolve(settings: Settings, spec: ModelSpec, *, cores: int | None = None) -> EffectiveSettings:
     """Apply the defaults: 0 threads means one per core (`cores`, by default the cores
-    this process may run on); 0 concurrent batches means, for the embedded backend, one
-    per inference thread (one single-threaded inference stream per core under load) plus
-    `OPENVINO_SPARE_STREAMS` when it serves on OpenVINO (`openvino`, by default: named,
-    or `auto` with the wheel installed), and `TRITON_CONCURRENT_BATCHES` for Triton; batch
-    size 0 means `EMBEDDED_BATCH_SIZE` or `TRITON_BATCH_SIZE`. The batch size never
-    exceeds what the model accepts (`spec.max_batch_size`, which its Triton config
-    repeats)."""
+    this process may run on); 0 concurrent batches means one per inference thread for the
+    embedded backend (one single-threaded inference stream per core under load) and
+    `TRITON_CONCURRENT_BATCHES` for Triton; batch size 0 means `EMBEDDED_BATCH_SIZE` or
+    `TRITON_BATCH_SIZE`. The batch size never exceeds what the model accepts
+    (`spec.max_batch_size`, which its Triton config repeats)."""
     cores = cores if cores is not None else available_cores()
     inference_threads = settings.inference_threads or cores
     triton = settings.backend == "triton"
-    if triton:
-        default_batches = TRITON_CONCURRENT_BATCHES
-    else:
-        if openvino is None:
-            openvino = expects_openvino(settings.embedded_runtime)
-        default_batches = inference_threads + (OPENVINO_SPARE_STREAMS if openvino else 0)
+    default_batches = TRITON_CONCURRENT_BATCHES if triton else inference_threads
     batch_size = settings.max_batch_size or (TRITON_BATCH_SIZE if triton else EMBEDDED_BATCH_SIZE)
     return EffectiveSettings(
         max_batch_size=min(batch_size, spec.max_batch_size),
@@ -291,13 +273,3 @@ def resolve(
         inference_threads=inference_threads,
         preprocess_threads=settings.preprocess_threads or cores,
     )
-
-
-def expects_openvino(choice: str) -> bool:
-    """Whether the embedded backend will serve on OpenVINO: named, or `auto` with the
-    wheel installed (`auto` falls back to ONNX Runtime only when OpenVINO cannot compile
-    the model, and then runs with one stream more than it needs)."""
-    # Imported here: the backends package imports this module.
-    from service.gateway.backends.engine import openvino_installed
-
-    return choice == "openvino" or (choice == "auto" and openvino_installed())

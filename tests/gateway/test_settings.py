@@ -7,13 +7,11 @@ from pathlib import Path
 import pytest
 
 from service.gateway.backends import build_backend
-from service.gateway.backends import engine as engine_module
 from service.gateway.backends.embedded import EmbeddedBackend
 from service.gateway.backends.triton import TritonBackend
 from service.gateway.modelinfo import load_model_info
 from service.gateway.settings import (
     EMBEDDED_BATCH_SIZE,
-    OPENVINO_SPARE_STREAMS,
     TRITON_BATCH_SIZE,
     TRITON_CONCURRENT_BATCHES,
     Settings,
@@ -26,35 +24,10 @@ SPEC = ModelSpec(name="m", max_batch_size=8)
 
 
 def test_defaults_follow_the_cores() -> None:
-    effective = resolve(Settings(), SPEC, cores=6, openvino=False)
+    effective = resolve(Settings(), SPEC, cores=6)
     assert effective.inference_threads == 6 and effective.preprocess_threads == 6
     # One ONNX Runtime stream, and so one batch in flight, per inference thread.
     assert effective.concurrent_batches == 6
-
-
-def test_openvino_keeps_one_batch_more_in_flight_than_streams() -> None:
-    """The spare batch waits inside OpenVINO, so a stream that finishes starts the next
-    batch at once; ONNX Runtime has no such queue and keeps one batch per thread."""
-    assert OPENVINO_SPARE_STREAMS == 1
-    assert resolve(Settings(), SPEC, cores=6, openvino=True).concurrent_batches == 7
-    assert resolve(Settings(inference_threads=2), SPEC, cores=6,
-                   openvino=True).concurrent_batches == 3
-    # An explicit value is taken as it is, and Triton has its own default.
-    explicit = Settings(max_concurrent_batches=2)
-    assert resolve(explicit, SPEC, cores=6, openvino=True).concurrent_batches == 2
-    triton = resolve(Settings(backend="triton"), SPEC, cores=6, openvino=True)
-    assert triton.concurrent_batches == TRITON_CONCURRENT_BATCHES
-
-
-@pytest.mark.parametrize(("choice", "installed", "expected"), [
-    ("auto", True, 3), ("auto", False, 2), ("openvino", True, 3), ("onnxruntime", True, 2),
-])
-def test_the_spare_batch_follows_the_engine_that_will_serve(
-    choice: str, installed: bool, expected: int, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(engine_module, "openvino_installed", lambda: installed)
-    settings = Settings(embedded_runtime=choice)
-    assert resolve(settings, SPEC, cores=2).concurrent_batches == expected
 
 
 def test_explicit_values_win_over_defaults() -> None:
@@ -65,8 +38,7 @@ def test_explicit_values_win_over_defaults() -> None:
 
 
 def test_embedded_streams_follow_explicit_inference_threads() -> None:
-    settings = Settings(inference_threads=3)
-    assert resolve(settings, SPEC, cores=8, openvino=False).concurrent_batches == 3
+    assert resolve(Settings(inference_threads=3), SPEC, cores=8).concurrent_batches == 3
 
 
 def test_triton_keeps_a_fixed_number_of_batches_in_flight() -> None:

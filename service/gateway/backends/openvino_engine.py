@@ -14,10 +14,11 @@ slower, docs/performance.md). Up to two compiled models of one graph:
 
 Each call takes an idle infer request of its compiled model and runs it synchronously on
 the calling thread's behalf (the backend's executor threads), so the event loop never
-blocks. With more requests than streams (the default on OpenVINO: one batch more than
-cores), the extra batch waits inside OpenVINO and a stream starts it the moment it
-finishes the one before, without the round trip through Python that left each stream
-idle ~6% of the time. Pinning is off: with pinned threads two concurrent single-thread
+blocks. With more concurrent batches than inference threads (`CA_MAX_CONCURRENT_BATCHES`
+above `CA_INFERENCE_THREADS`) the extra ones wait inside OpenVINO, and a stream starts
+the next the moment it finishes one, without the round trip through Python that leaves
+each stream idle ~6% of the time under full load (docs/performance.md: more throughput,
+slower refusals under overload). Pinning is off: with pinned threads two concurrent single-thread
 streams did not scale, and a process sharing its cores with preprocessing threads must
 let the OS place them. Precision is pinned to f32: on CPUs with AMX or AVX-512 BF16
 OpenVINO's default is bf16, which would move probabilities by ~1e-2.
