@@ -92,7 +92,7 @@ test: $(TEST_STAMP) system-deps kubectl lint
 # admission, the export gate, label loading (docs/testing.md). Slow (~1 h on 2 cores); not
 # part of `make test`. The mutants of other functions in these files are generated, not run.
 MUTATION_SCOPE := 'service.preprocess.*' 'service.gateway.backends.base.*' \
-	'service.gateway.batching.*' 'service.gateway.runtime.x_batch_function*' \
+	'service.gateway.batching.*' 'service.gateway.batch_call.x_batch_function*' \
 	'service.gateway.runtime.*_would_shed*' 'service.gateway.runtime.*expected_wait_s*' \
 	'service.gateway.runtime.*Runtime*admit_*' 'service.model.export.x_verify*' \
 	'service.model.export.x_same_ranking*' 'service.model.export.x_top_k_indices*' \

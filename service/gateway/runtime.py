@@ -2,9 +2,9 @@
 and the classification pipeline that ties them together.
 
 Preprocessing runs in the thread pool (bad images fail their own request before they
-reach the queue); each image then goes through the micro-batcher as
-`(image, top_k, enqueued_at)`, and each batch asks the backend for the largest `k` in it,
-every caller keeping its own first `k`.
+reach the queue); each image then goes through the micro-batcher as a `QueuedImage`, and
+each batch is one backend call (`batch_call.py`) asking for the largest `k` in it, every
+caller keeping its own first `k`.
 
 The backend sits in a `BackendSwitch`, so another model version (`rollout.py`) can take
 over between batches without a restart.
@@ -16,12 +16,11 @@ raised back into answers.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import NamedTuple, ParamSpec, TypeVar
+from typing import ParamSpec, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -33,8 +32,9 @@ from service.errors import (
     ServiceError,
     ShuttingDown,
 )
-from service.gateway.backends import Backend, ModelId, engine_of, top_k_from_probs
+from service.gateway.backends import Backend, engine_of
 from service.gateway.backends.switch import BackendSwitch
+from service.gateway.batch_call import QueuedImage, Ranking, batch_function
 from service.gateway.batching import (
     ADMISSION_HEADROOM,
     BatcherClosedError,
@@ -45,24 +45,13 @@ from service.gateway.metrics import GatewayMetrics, multiprocess_dir
 from service.gateway.modelinfo import ModelInfo, load_model_info
 from service.gateway.rollout import Rollout
 from service.gateway.settings import EffectiveSettings, Settings, resolve
-from service.gateway.tracing import TRACING_OFF, QueueWait, Tracing
+from service.gateway.tracing import TRACING_OFF, Tracing
 from service.gateway.version_check import Probe, start_sound_version
 from service.preprocess import Preprocessor
 from service.versions import Fingerprint
 
-logger = logging.getLogger("ca.gateway.runtime")
-
 P = ParamSpec("P")
 T = TypeVar("T")
-
-
-class Ranking(list[tuple[int, float]]):
-    """One image's `(class index, score)` pairs, best first, and `model`: the model (and
-    version) that computed them, None when the backend did not say. Compares as the list."""
-
-    def __init__(self, pairs: Sequence[tuple[int, float]] = (), model: ModelId | None = None):
-        super().__init__(pairs)
-        self.model = model
 
 
 @dataclass(frozen=True)
@@ -79,19 +68,6 @@ class Upload:
 ImageInput = Upload | NDArray[np.uint8]
 
 
-class _Item(NamedTuple):
-    image: NDArray[np.uint8]
-    k: int
-    enqueued_at: float
-    waiting: QueueWait | None = None  # its queue-wait span, when tracing
-
-
-_ERROR_REASONS: dict[type[ServiceError], str] = {
-    RequestTimeout: "timeout",
-    BackendUnavailable: "unavailable",
-}
-
-
 @dataclass
 class Runtime:
     settings: Settings
@@ -100,7 +76,7 @@ class Runtime:
     backend: Backend
     metrics: GatewayMetrics
     pool: ThreadPoolExecutor
-    batcher: MicroBatcher[_Item, Ranking]
+    batcher: MicroBatcher[QueuedImage, Ranking]
     preprocessor: Preprocessor
     tracing: Tracing = TRACING_OFF
     #: Changes the model version while serving; None when the backend was handed in.
@@ -134,7 +110,7 @@ class Runtime:
             await backend.start()
         switch = BackendSwitch(backend)
         metrics.set_engine(engine_of(backend))
-        batcher: MicroBatcher[_Item, Ranking] = MicroBatcher(
+        batcher: MicroBatcher[QueuedImage, Ranking] = MicroBatcher(
             batch_function(
                 switch, metrics, num_classes=model.spec.num_classes, tracing=tracing,
                 model_name=model.spec.name,
@@ -301,7 +277,9 @@ class Runtime:
         budget = deadline - asyncio.get_running_loop().time()
         tasks = [
             asyncio.ensure_future(
-                self._submit(_Item(image, k, enqueued_at, self.tracing.queue_wait(i)), budget)
+                self._submit(
+                    QueuedImage(image, k, enqueued_at, self.tracing.queue_wait(i)), budget
+                )
             )
             for i, image in enumerate(images)
         ]
@@ -312,7 +290,7 @@ class Runtime:
                 task.cancel()
             raise
 
-    async def _submit(self, item: _Item, budget_s: float) -> Ranking:
+    async def _submit(self, item: QueuedImage, budget_s: float) -> Ranking:
         try:
             return await self.batcher.submit(item, budget_s=budget_s)
         except QueueFullError:
@@ -326,56 +304,3 @@ class Runtime:
                 item.waiting.abandon()  # a no-op once its batch started
             if multiprocess_dir():
                 self.metrics.queue_depth.set(self.batcher.depth)
-
-def batch_function(
-    backend: Backend,
-    metrics: GatewayMetrics,
-    *,
-    num_classes: int | None = None,
-    tracing: Tracing = TRACING_OFF,
-    model_name: str = "",
-) -> Callable[[Sequence[_Item]], Awaitable[list[Ranking]]]:
-    """The batcher's function: one backend call for a batch, a ranking per item. A batch
-    that ranks all `num_classes` classes asks the backend for the probabilities themselves
-    (a server-side top-k may round them: Triton's classification strings have 6 decimals).
-    With tracing, the batch runs under one `inference` span linked to its images."""
-
-    async def traced(items: Sequence[_Item]) -> list[Ranking]:
-        waits = [item.waiting for item in items]
-        with tracing.batch(waits, backend.name, model_name, backend.model_id().version):
-            return await run_batch(items)
-
-    async def run_batch(items: Sequence[_Item]) -> list[Ranking]:
-        start = time.perf_counter()
-        for item in items:
-            metrics.queue_wait.observe(start - item.enqueued_at)
-        batch = np.stack([item.image for item in items])
-        k = max(item.k for item in items)
-        try:
-            if num_classes is not None and k >= num_classes:
-                top = top_k_from_probs(await backend.infer(batch), k)
-            else:
-                top = await backend.top_k(batch, k)
-        except ServiceError as exc:
-            metrics.backend_error(_reason(exc))
-            raise
-        except Exception as exc:
-            metrics.backend_error("error")
-            logger.exception("backend %s failed a batch of %d", backend.name, len(items))
-            raise BackendUnavailable(f"inference failed: {type(exc).__name__}") from exc
-        if len(top) != len(items):
-            metrics.backend_error("bad_response")
-            raise BackendUnavailable(f"backend returned {len(top)} rows for {len(items)} images")
-        metrics.observe_batch(len(items), time.perf_counter() - start)
-        if top.model is not None:
-            metrics.model_answered(top.model)
-        return [Ranking(top.row(i, item.k), top.model) for i, item in enumerate(items)]
-
-    return traced if tracing.enabled else run_batch
-
-
-def _reason(error: ServiceError) -> str:
-    for cls, reason in _ERROR_REASONS.items():
-        if isinstance(error, cls):
-            return reason
-    return "error"

@@ -28,7 +28,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from service.errors import BadRequest, PayloadTooLarge, TooManyFiles
-from service.gateway.runtime import Ranking, Upload
+from service.gateway.batch_call import Ranking
+from service.gateway.runtime import Upload
 from service.gateway.v2.codec import BYTES, InferRequest, Tensor
 from service.spec import ModelSpec
 
