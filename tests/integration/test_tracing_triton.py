@@ -78,12 +78,14 @@ def new_traceparent() -> tuple[str, str, str]:
     return trace_id, span_id, f"00-{trace_id}-{span_id}-01"
 
 
-# Triton 2.51 misses the `traceparent` of about one gRPC request in 50 (seen: 1/40, 3/100,
-# 1/100 sent straight from tritonclient; 0/100 over HTTP) and starts a trace of its own for
-# it. So each test sends a few traced requests: the gateway's side must be right for every
-# one, Triton must continue at least half, each under the right span. With the propagation
-# broken, Triton continues none.
-REQUESTS = 4
+# Triton 2.51 misses the `traceparent` of some gRPC requests and starts a trace of its own
+# for them: about one in 50 on an idle machine (seen: 1/40, 3/100, 1/100 sent straight from
+# tritonclient; 0/100 over HTTP), about a third with both cores busy (11 of 32 through the
+# gateway). So each test sends `REQUESTS` traced requests: the gateway's side must be right
+# for every one, every request Triton continues must hang under the right span, and at
+# least one must be continued. With the propagation broken Triton continues none; with a
+# third missed, all 12 missing is a one-in-400,000 chance.
+REQUESTS = 12
 
 
 def send_traced(send: Callable[[str], None]) -> list[tuple[str, str]]:
@@ -121,7 +123,7 @@ def assert_traces_through_triton(
         (trace_id, caller) for trace_id, caller in sent
         if any(s.service == "triton" and s.trace_id == trace_id for s in spans)
     ]
-    assert len(continued) >= REQUESTS // 2, f"Triton continued {len(continued)} of {sent}"
+    assert continued, f"Triton continued none of {sent}"
     for trace_id, caller in sent:
         assert_gateway_side(spans, trace_id, caller, protocol)
     for trace_id, caller in continued:
