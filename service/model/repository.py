@@ -14,7 +14,8 @@ labels) is refused while versions exist. A version is written under a staging na
 `weights.json` and `verification.json` (eager PyTorch's probabilities on the verification
 photos, the reference the gateway checks a new version against before it serves it), and
 published by one rename once every model's export passed its check (`service.versions`).
-An existing version is never overwritten unless `force`.
+An existing version is never overwritten unless `force`. Which network `--weights` names
+(the authors' release, demo, random, a checkpoint): `service.model.weights`.
 """
 
 from __future__ import annotations
@@ -30,17 +31,7 @@ from functools import partial
 from pathlib import Path
 from typing import Literal
 
-import torch
-
 from service.model import triton_config
-from service.model.checkpoint import (
-    AUTHORS_CHECKPOINT_URL,
-    CheckpointError,
-    load_checkpoint,
-    resolve,
-    sha256_of,
-)
-from service.model.demo import DEMO_NOTE, DEMO_SEED, DEMO_SOURCE, demo_network
 from service.model.export import (
     Agreement,
     eager_runner,
@@ -49,13 +40,13 @@ from service.model.export import (
     torchscript_runner,
     verify,
 )
-from service.model.network import CAMobileNetV2, ca_mobilenet_v2
 from service.model.repository_versions import (
     Staging,
     check_shared_files,
     choose_version,
 )
 from service.model.served import ServedModel
+from service.model.weights import DEFAULT_WEIGHTS, Progress, load_weights
 from service.spec import (
     LABELS_FILENAME,
     ONNX_MODEL,
@@ -68,7 +59,6 @@ from service.spec import (
     WeightsInfo,
     default_labels_path,
     load_labels,
-    public_source,
 )
 from service.verification import (
     Batch,
@@ -82,13 +72,8 @@ from service.verification import (
 log = logging.getLogger(__name__)
 
 Target = Literal["gpu", "cpu"]
-RANDOM_SEED = 0
-DEFAULT_WEIGHTS = "default"
-DEMO_WEIGHTS = "demo"
-RANDOM_WEIGHTS = "random"
 IMAGENET_CLASSES = 1000  # the shipped labels file's classes
 PYTHON_MODEL = Path(__file__).parent / "triton_python" / "model.py"
-Progress = Callable[[str], None]
 
 
 @dataclass
@@ -117,60 +102,6 @@ def model_specs(num_classes: int = 1000) -> dict[triton_config.Kind, ModelSpec]:
         "tensorrt": replace(onnx, name=TENSORRT_MODEL),
         "python_onnx": replace(onnx, max_batch_size=triton_config.CPU_MAX_BATCH_SIZE),
     }
-
-
-def random_network(num_classes: int = 1000) -> CAMobileNetV2:
-    """Seeded, so two builds without a checkpoint serve identical (meaningless) weights.
-
-    Every image gets the same near-uniform answer: for pipeline tests, not for people."""
-    torch.manual_seed(RANDOM_SEED)
-    return ca_mobilenet_v2(num_classes=num_classes).eval()
-
-
-def demo_weights(notes: list[str] | None = None) -> tuple[CAMobileNetV2, WeightsInfo]:
-    """The calibrated demo network (`service.model.demo`): answers differ per photo, and
-    `weights.json` says `random_init: true` with a note that the labels are meaningless."""
-    return demo_network(), WeightsInfo(
-        source=DEMO_SOURCE, random_init=True, notes=[DEMO_NOTE, *(notes or [])]
-    )
-
-
-def fallback_warning(reason: str) -> str:
-    """The banner `build-repo` prints when the authors' checkpoint cannot be loaded."""
-    bar = "!" * 78
-    return (
-        f"{bar}\n!! WARNING: the authors' checkpoint could not be loaded:\n!!   {reason}\n"
-        f"!! Serving DEMO weights ({DEMO_SOURCE}, seed {DEMO_SEED}): NOT ImageNet-trained,\n"
-        "!! labels are meaningless (each photo still gets its own answer).\n"
-        "!! Serve a real checkpoint with `make run WEIGHTS=PATH` "
-        "(or `ca-serve build-repo --weights PATH`).\n"
-        f"{bar}"
-    )
-
-
-def load_weights(weights: str, warn: Progress) -> tuple[CAMobileNetV2, WeightsInfo]:
-    """Resolve `--weights`: `default` (the authors' release; where it cannot be loaded, the
-    demo weights with a loud warning), `demo`, `random` (seeded, uniform answers: for
-    pipeline tests), or a checkpoint path or URL (an error if it cannot be loaded)."""
-    if weights == RANDOM_WEIGHTS:
-        network = random_network()
-        return network, WeightsInfo(source="random-init", random_init=True)
-    if weights == DEMO_WEIGHTS:
-        return demo_weights()
-    source = AUTHORS_CHECKPOINT_URL if weights == DEFAULT_WEIGHTS else weights
-    try:
-        path = resolve(source)
-        network = load_checkpoint(path)
-    except CheckpointError as exc:
-        if weights != DEFAULT_WEIGHTS:
-            raise
-        warn(fallback_warning(str(exc)))
-        return demo_weights([f"fallback: {exc}"])
-    # The URL or the file's name: the build machine's directories are nobody's business,
-    # and the repository is served (GET /v1/model); the sha256 identifies the file.
-    return network, WeightsInfo(
-        source=public_source(str(source)), random_init=False, sha256=sha256_of(path)
-    )
 
 
 def write_model_dir(

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from service.model.demo import demo_network
-from service.model.repository import random_network
 from service.model.served import ServedModel
+from service.model.weights import random_network
 from service.preprocess import preprocess
 from service.spec import ModelSpec
 

@@ -11,7 +11,8 @@ import torch
 
 from service.cli import main as cli_main
 from service.model import checkpoint, triton_config
-from service.model.repository import build_repository, load_weights, model_specs
+from service.model.repository import build_repository, model_specs
+from service.model.weights import load_weights
 from service.spec import ONNX_MODEL, ModelSpec, WeightsInfo, default_labels_path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -98,12 +99,12 @@ def test_gpu_build_writes_torchscript_and_onnx_with_matching_names(tmp_path: Pat
 def test_default_weights_fall_back_to_the_demo_weights_loudly(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from service.model import repository
+    from service.model import weights
     from tests.support.triton import free_port
 
     monkeypatch.setenv("CA_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(
-        repository, "AUTHORS_CHECKPOINT_URL", f"http://127.0.0.1:{free_port()}/mbv2_ca.pth"
+        weights, "AUTHORS_CHECKPOINT_URL", f"http://127.0.0.1:{free_port()}/mbv2_ca.pth"
     )
     messages: list[str] = []
     first, info = load_weights("default", messages.append)
