@@ -22,10 +22,11 @@ from service.gateway.backends.engine import (
     EngineName,
     EngineUnavailable,
     load_engine,
+    stream_layout,
 )
 from service.gateway.backends.onnxruntime_engine import OnnxRuntimeEngine, open_session
 from service.gateway.backends.onnxruntime_engine import tensors as ort_tensors
-from service.gateway.backends.openvino_engine import OpenVinoEngine, compile_options, stream_layout
+from service.gateway.backends.openvino_engine import OpenVinoEngine, compile_options
 from service.gateway.backends.openvino_engine import tensors as ov_tensors
 from service.gateway.settings import available_cores
 from service.spec import ModelSpec

@@ -30,6 +30,7 @@ from service.gateway.backends.engine import (
     EngineName,
     EngineUnavailable,
     load_engine,
+    stream_layout,
 )
 from service.spec import ModelSpec
 
@@ -93,17 +94,20 @@ class EmbeddedBackend:
             raise ContractError(f"CA_EMBEDDED_RUNTIME={self.runtime}: {exc}") from exc
         self._engine = engine
         config = self.config
+        if engine.name == "onnxruntime":
+            detail = (
+                f", spinning {'on' if config.spinning else 'off'}, graph "
+                f"{'rewritten for the blocked layout' if config.rewrite_graph else 'as exported'}"
+            )
+        else:
+            streams, _ = stream_layout(config)
+            queued = streams < config.streams  # OpenVINO queues batches beyond its streams
+            detail = f", at most {streams} at once, the rest queued" if queued else ""
         logger.info(
             "loaded %s on %s: %d thread(s) for a lone batch, up to %d concurrent batches on "
             "1 thread each, warmed up to batch %d%s",
             self.model_path, engine.name, config.threads, config.streams, config.warm_up_batch,
-            (
-                f", spinning {'on' if config.spinning else 'off'}, graph "
-                f"{'rewritten for the blocked layout' if config.rewrite_graph else 'as exported'}"
-            ) if engine.name == "onnxruntime" else (
-                f", at most {min(config.streams, config.threads)} at once, the rest queued"
-                if config.streams > config.threads else ""
-            ),
+            detail,
         )
 
     async def close(self) -> None:

@@ -55,6 +55,16 @@ class EngineConfig:
     rewrite_graph: bool = True
 
 
+
+def stream_layout(config: EngineConfig) -> tuple[int, int]:
+    """(streams, threads) OpenVINO runs every batch but a lone one on: one batch at a time
+    takes every thread; otherwise one single-thread stream per inference thread, at most
+    one per concurrent batch (batches beyond the streams queue inside OpenVINO)."""
+    if config.streams == 1:
+        return 1, config.threads
+    streams = min(config.streams, config.threads)
+    return streams, streams
+
 class Engine(Protocol):
     """A loaded model. `run` blocks its calling thread and is safe to call from up to
     `config.streams` threads at once, of which at most one with `lone=True`."""

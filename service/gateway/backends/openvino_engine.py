@@ -18,9 +18,9 @@ blocks. With more concurrent batches than inference threads (`CA_MAX_CONCURRENT_
 above `CA_INFERENCE_THREADS`) the extra ones wait inside OpenVINO, and a stream starts
 the next the moment it finishes one, without the round trip through Python that leaves
 each stream idle ~6% of the time under full load (docs/performance.md: more throughput,
-slower refusals under overload). Pinning is off: with pinned threads two concurrent single-thread
-streams did not scale, and a process sharing its cores with preprocessing threads must
-let the OS place them. Precision is pinned to f32: on CPUs with AMX or AVX-512 BF16
+slower refusals under overload). Pinning is off: with pinned threads two concurrent
+single-thread streams did not scale, and a process sharing its cores with preprocessing
+threads must let the OS place them. Precision is pinned to f32: on CPUs with AMX or AVX-512 BF16
 OpenVINO's default is bf16, which would move probabilities by ~1e-2.
 """
 
@@ -40,6 +40,7 @@ from service.gateway.backends.engine import (
     EngineUnavailable,
     TensorInfo,
     check_contract,
+    stream_layout,
     warm_up_batches,
 )
 from service.spec import ModelSpec
@@ -76,16 +77,6 @@ def _compile(core: ov.Core, model: ov.Model, *, threads: int, streams: int, requ
              fixed_batch: int | None = None) -> _Compiled:
     compiled = core.compile_model(model, "CPU", compile_options(threads, streams))
     return _Compiled(compiled, requests, fixed_batch)
-
-
-def stream_layout(config: EngineConfig) -> tuple[int, int]:
-    """(streams, threads) of the model every batch but a lone one runs on: one batch at a
-    time takes every thread; otherwise one single-thread stream per inference thread, at
-    most one per concurrent batch (batches beyond the streams queue inside OpenVINO)."""
-    if config.streams == 1:
-        return 1, config.threads
-    streams = min(config.streams, config.threads)
-    return streams, streams
 
 
 class OpenVinoEngine:
