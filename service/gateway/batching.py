@@ -14,6 +14,10 @@ the queue ahead of it would take longer than that to drain (judged from the rece
 per item of successful batches), it is refused at once with `QueueFullError` instead of
 being queued only to time out.
 
+Spare batches (`spare_batches`, asked each time through `spare_allowed()`) go in flight
+beyond `max_concurrent_batches` only while that says yes: for a backend that queues them
+itself, so the moment it finishes a batch the next one is already there.
+
 Imports asyncio and typing only: no HTTP, no model, no metrics.
 """
 
@@ -57,7 +61,8 @@ class MicroBatcher(Generic[In, Out]):
     """Batches concurrent `submit` calls into calls of `fn(list_of_items) -> outputs`.
 
     `max_concurrent_batches` batches may be in flight at once (1 keeps a CPU backend from
-    oversubscribing its cores; more lets a remote server pipeline).
+    oversubscribing its cores; more lets a remote server pipeline), and `spare_batches`
+    more while `spare_allowed()` is true (checked before each batch is formed).
     """
 
     def __init__(
@@ -69,9 +74,13 @@ class MicroBatcher(Generic[In, Out]):
         max_queue: int,
         timeout_s: float | None = None,
         max_concurrent_batches: int = 1,
+        spare_batches: int = 0,
+        spare_allowed: Callable[[], bool] = lambda: True,
     ) -> None:
         if max_batch_size < 1 or max_queue < 1 or max_concurrent_batches < 1:
             raise ValueError("max_batch_size, max_queue and max_concurrent_batches must be >= 1")
+        if spare_batches < 0:
+            raise ValueError(f"spare_batches must be >= 0, got {spare_batches}")
         if max_batch_delay_s < 0:
             raise ValueError(f"max_batch_delay_s must be >= 0, got {max_batch_delay_s}")
         self._fn = fn
@@ -79,7 +88,10 @@ class MicroBatcher(Generic[In, Out]):
         self.max_batch_delay_s = max_batch_delay_s
         self.timeout_s = timeout_s
         self._queue: asyncio.Queue[_Pending[In, Out] | None] = asyncio.Queue(max_queue)
-        self._slots = asyncio.Semaphore(max_concurrent_batches)
+        self._spare = spare_batches
+        self._spare_allowed = spare_allowed
+        self._in_flight = 0  # batches formed or running, holding a slot
+        self._slot_freed = asyncio.Event()
         self._running: set[asyncio.Task[None]] = set()
         self._worker: asyncio.Task[None] | None = None
         self._closing = False
@@ -98,12 +110,19 @@ class MicroBatcher(Generic[In, Out]):
     def closed(self) -> bool:
         return self._closing
 
+    @property
+    def batch_slots(self) -> int:
+        """Batches allowed in flight now: `max_concurrent_batches`, plus the spares while
+        `spare_allowed()` says so."""
+        return self._concurrency + (self._spare if self._spare and self._spare_allowed() else 0)
+
     def expected_wait_s(self, items: int = 1) -> float:
         """Roughly how long until `items` more items would have their outputs: the batches
         taken from the queue (running or waiting for a slot), everything queued, and them,
-        at the recent per-item run time of successful batches (0 before the first)."""
+        at the recent per-item run time of successful batches (0 before the first), over
+        the batches in flight (a spare's run time includes its wait inside the backend)."""
         ahead = self._taken + self.depth + items
-        return ahead * self._item_s / self._concurrency
+        return ahead * self._item_s / self.batch_slots
 
     def would_shed(self, budget_s: float | None, items: int = 1) -> bool:
         """Whether `submit` would refuse `items` more with this wait budget: the queue is
@@ -171,20 +190,31 @@ class MicroBatcher(Generic[In, Out]):
         # the next batch takes all of them (up to the cap) the moment a slot frees, instead
         # of a batch closed early waiting for a slot while the queue grows behind it.
         while True:
-            await self._slots.acquire()
+            await self._acquire_slot()
             first = self._take(await self._queue.get())
             if first is None:
-                self._slots.release()
+                self._release_slot()
                 return
             batch = await self._collect(first)
             live = [pending for pending in batch if not pending.future.done()]
             if not live:
-                self._slots.release()
+                self._release_slot()
                 continue
             self._taken += len(live)
             task = asyncio.get_running_loop().create_task(self._run(live))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
+
+    async def _acquire_slot(self) -> None:
+        # Re-asked whenever a batch ends, so a spare refused now is taken once allowed.
+        while self._in_flight >= self.batch_slots:
+            self._slot_freed.clear()
+            await self._slot_freed.wait()
+        self._in_flight += 1
+
+    def _release_slot(self) -> None:
+        self._in_flight -= 1
+        self._slot_freed.set()
 
     def _take(self, pending: _Pending[In, Out] | None) -> _Pending[In, Out] | None:
         if pending is not None:
@@ -237,4 +267,4 @@ class MicroBatcher(Generic[In, Out]):
                     pending.future.set_result(output)
         finally:
             self._taken -= len(batch)
-            self._slots.release()
+            self._release_slot()

@@ -32,7 +32,7 @@ from service.errors import (
     ServiceError,
     ShuttingDown,
 )
-from service.gateway.backends import Backend, engine_of
+from service.gateway.backends import Backend, engine_of, spare_batches_of
 from service.gateway.backends.switch import BackendSwitch
 from service.gateway.batch_call import QueuedImage, Ranking, batch_function
 from service.gateway.batching import (
@@ -52,6 +52,10 @@ from service.versions import Fingerprint
 
 P = ParamSpec("P")
 T = TypeVar("T")
+
+#: The backend's spare batches stay off this long after a refusal: under overload the
+#: cycles a stream idles between batches are what answers refusals quickly.
+SPARE_OFF_AFTER_REFUSAL_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,7 @@ class Runtime:
     #: Changes the model version while serving; None when the backend was handed in.
     rollout: Rollout | None = None
     cpu_jobs: int = 0  # run_cpu calls in flight (queued or running in the pool)
+    last_refusal: float = float("-inf")  # time.monotonic() of the last `Overloaded`
     _preprocess_s: float = 0.0  # moving average of one image's preprocessing time
 
     @classmethod
@@ -119,6 +124,8 @@ class Runtime:
             max_batch_delay_s=settings.max_batch_delay_ms / 1000.0,
             max_queue=settings.max_queue,
             max_concurrent_batches=effective.concurrent_batches,
+            spare_batches=spare_batches_of(backend),
+            spare_allowed=lambda: runtime.spare_allowed(),  # asked once the batcher runs
         )
         runtime = cls(
             settings=settings,
@@ -225,7 +232,13 @@ class Runtime:
                     ADMISSION_HEADROOM * self.settings.request_timeout_s)
         return self.expected_wait_s() > limit
 
+    def spare_allowed(self) -> bool:
+        """Whether the batcher may use the backend's spare batches now: not within
+        `SPARE_OFF_AFTER_REFUSAL_S` of a refusal."""
+        return time.monotonic() - self.last_refusal > SPARE_OFF_AFTER_REFUSAL_S
+
     def _overloaded(self) -> Overloaded:
+        self.last_refusal = time.monotonic()
         return Overloaded(
             f"too busy to answer in time (wait budget {self.settings.max_queue_wait_s:g} s, "
             f"at most {self.settings.max_queue} images queued); retry shortly",

@@ -130,6 +130,14 @@ class Settings(BaseSettings):
     max_concurrent_batches: int = Field(
         default=0, ge=0, description="Batches in flight at once; 0 means the backend's default"
     )
+    # A stream that finishes a batch starts the next at once instead of idling while the
+    # result goes back through the event loop; off while refusing, when those idle cycles
+    # are what answers the refusals quickly (docs/performance.md).
+    spare_batches: int = Field(
+        default=1, ge=0, le=8,
+        description="Embedded backend on OpenVINO: batches beyond CA_MAX_CONCURRENT_BATCHES "
+        "that wait inside the engine, used only while no request has been refused for a second",
+    )
     preprocess_threads: int = Field(default=0, ge=0, description="0 means one per available core")
     inference_threads: int = Field(default=0, ge=0, description="0 means one per available core")
     embedded_runtime: Literal["auto", "openvino", "onnxruntime"] = Field(
@@ -253,6 +261,9 @@ class EffectiveSettings:
     inference_threads: int
     #: Threads decoding and resizing images (and parsing multipart bodies).
     preprocess_threads: int
+    #: Batches the embedded backend may queue inside its engine beyond
+    #: `concurrent_batches` while nothing is refused (0 for Triton).
+    spare_batches: int = 0
 
 
 def resolve(settings: Settings, spec: ModelSpec, *, cores: int | None = None) -> EffectiveSettings:
@@ -272,4 +283,5 @@ def resolve(settings: Settings, spec: ModelSpec, *, cores: int | None = None) ->
         concurrent_batches=settings.max_concurrent_batches or default_batches,
         inference_threads=inference_threads,
         preprocess_threads=settings.preprocess_threads or cores,
+        spare_batches=0 if triton else settings.spare_batches,
     )

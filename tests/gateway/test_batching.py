@@ -217,6 +217,58 @@ async def test_concurrent_batches_overlap(recorder: Recorder) -> None:
         await b.close()
 
 
+async def test_spare_batches_go_in_flight_only_while_allowed(recorder: Recorder) -> None:
+    recorder.gate = asyncio.Event()
+    allowed = False
+    b: MicroBatcher[int, int] = MicroBatcher(
+        recorder, max_batch_size=1, max_batch_delay_s=0.0, max_queue=8,
+        max_concurrent_batches=1, spare_batches=1, spare_allowed=lambda: allowed,
+    )
+    b.start()
+    try:
+        tasks = [asyncio.ensure_future(b.submit(i)) for i in (1, 2, 3)]
+        await asyncio.sleep(0.01)
+        assert recorder.batches == [[1]] and b.batch_slots == 1  # no spare: one at a time
+        allowed = True
+        assert b.batch_slots == 2
+        recorder.gate.set()  # a batch ends: the slots are counted again, the spare taken
+        await asyncio.sleep(0.01)
+        assert recorder.batches == [[1], [2], [3]]
+        assert await asyncio.gather(*tasks) == [2, 4, 6]
+
+        recorder.gate.clear()
+        first = asyncio.ensure_future(b.submit(4))
+        await asyncio.sleep(0.01)
+        second = asyncio.ensure_future(b.submit(5))
+        await asyncio.sleep(0.01)
+        assert recorder.batches[-2:] == [[4], [5]]  # allowed: two in flight at once
+        allowed = False
+        third = asyncio.ensure_future(b.submit(6))
+        await asyncio.sleep(0.01)
+        assert len(recorder.batches) == 5 and b.depth == 1  # refused again: 6 waits
+        recorder.gate.set()
+        assert await asyncio.gather(first, second, third) == [8, 10, 12]
+    finally:
+        recorder.gate.set()  # a failed check must not leave close() waiting on a batch
+        await b.close()
+
+
+async def test_the_wait_estimate_spreads_over_the_spare_batches_too(recorder: Recorder) -> None:
+    allowed = True
+    b: MicroBatcher[int, int] = MicroBatcher(
+        recorder, max_batch_size=1, max_batch_delay_s=0.0, max_queue=8,
+        max_concurrent_batches=2, spare_batches=1, spare_allowed=lambda: allowed,
+    )
+    b.start()
+    try:
+        assert await b.submit(1) == 2  # one finished batch: a per-item estimate exists
+        with_spare = b.expected_wait_s(6)
+        allowed = False
+        assert b.expected_wait_s(6) == pytest.approx(1.5 * with_spare)  # 3 -> 2 batches
+    finally:
+        await b.close()
+
+
 @pytest.mark.parametrize(
     "bad",
     [{"max_batch_size": 0}, {"max_queue": 0}, {"max_concurrent_batches": 0}],
@@ -229,6 +281,9 @@ def test_rejects_bad_configuration(recorder: Recorder, bad: dict[str, int]) -> N
         MicroBatcher(recorder, **options)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"max_batch_delay_s must be >= 0, got -1.0"):
         MicroBatcher(recorder, max_batch_size=1, max_batch_delay_s=-1.0, max_queue=1)
+    with pytest.raises(ValueError, match=r"^spare_batches must be >= 0, got -1$"):
+        MicroBatcher(recorder, max_batch_size=1, max_batch_delay_s=0.0, max_queue=1,
+                     spare_batches=-1)
 
 
 async def test_the_worker_task_is_named_for_task_dumps(recorder: Recorder) -> None:

@@ -149,6 +149,32 @@ def test_openvino_runs_at_most_one_stream_per_thread_and_queues_the_other_batche
                 compiled.get_property("INFERENCE_NUM_THREADS")) == layout
 
 
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_spare_batches_queue_inside_openvino_and_are_refused_on_onnxruntime(
+    tiny_repository: Path, engine: EngineName
+) -> None:
+    """A spare batch is one infer request more on OpenVINO's same two single-thread
+    streams; ONNX Runtime would run it at once on a third thread, so it takes none."""
+    backend = EmbeddedBackend(model_path(tiny_repository), SPEC, version="1", threads=2,
+                              streams=2, spare_batches=1, runtime=engine)
+    await backend.start()
+    try:
+        assert backend.spare_batches == (1 if engine == "openvino" else 0)
+        loaded = backend._engine
+        if isinstance(loaded, OpenVinoEngine):
+            assert loaded._streams is not None and len(loaded._streams.requests) == 3
+            assert loaded._streams.compiled.get_property("NUM_STREAMS") == min(
+                2, available_cores())
+        # Three batches at once (two streams and the spare) answer each its own images.
+        batches = [images(1, seed) for seed in (1, 2, 3)]
+        alone = [await backend.infer(batch) for batch in batches]
+        together = await asyncio.gather(*(backend.infer(batch) for batch in batches))
+        for one, other in zip(alone, together, strict=True):
+            np.testing.assert_allclose(one, other, atol=1e-5)
+    finally:
+        await backend.close()
+
+
 @pytest.mark.parametrize(("threads", "streams", "lone"), [(1, 3, False), (4, 1, False),
                                                            (2, 2, True)])
 def test_openvino_compiles_a_lone_model_only_where_it_helps(

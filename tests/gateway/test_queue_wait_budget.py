@@ -15,6 +15,7 @@ from numpy.typing import NDArray
 from PIL import Image
 from pydantic import ValidationError
 
+from service.gateway import runtime as runtime_mod
 from service.gateway.app import create_app
 from service.gateway.runtime import Runtime
 from service.gateway.settings import Settings
@@ -160,6 +161,55 @@ async def test_the_preprocessing_backlog_counts_against_the_budget(
         runtime.cpu_jobs = 2  # 2 x 0.2 s: within the budget
         assert not runtime._would_shed(1)
         runtime.cpu_jobs = 0
+
+
+class SpareBackend(HeldBackend):
+    """A held backend that takes one spare batch, as the embedded one on OpenVINO does."""
+
+    spare_batches = 1
+
+
+async def in_flight_of_two_more(
+    client: httpx.AsyncClient, runtime: Runtime, backend: HeldBackend,
+    answers: list[asyncio.Future[httpx.Response]],
+) -> int:
+    """Answer what is held, then send two requests: how many of them go in flight."""
+    backend.release.set()
+    assert {answer.status_code for answer in await asyncio.gather(*answers)} == {200}
+    backend.release.clear()
+    held = backend.held
+    answers[:] = [send(client), send(client)]
+    await until(lambda: backend.held > held and runtime.cpu_jobs == 0)
+    await asyncio.sleep(0.05)
+    return backend.held - held
+
+
+async def test_a_refusal_turns_the_spare_batch_off_for_a_while(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under overload the spare batch would take the cycles that answer refusals: after
+    a 503 only `max_concurrent_batches` (1 here) go in flight until a quiet spell."""
+    monkeypatch.setattr(runtime_mod, "SPARE_OFF_AFTER_REFUSAL_S", 0.3)
+    backend = SpareBackend()
+    app = create_app(settings, backend=backend)
+    async for client in open_client(app):
+        runtime: Runtime = app.state.runtime
+        answers = [send(client), send(client)]
+        await until(lambda: backend.held == 2)  # one batch and the spare
+        answers.append(send(client))
+        await until(lambda: app.state.runtime.batcher.depth == 1)
+        set_estimate(runtime, monkeypatch, BUDGET_S * 1.2)
+        refused = await client.post("/classify", content=jpeg(), headers=JPEG)
+        assert refused.status_code == 503 and not runtime.spare_allowed()
+        set_estimate(runtime, monkeypatch, 0.0)
+
+        # The spare is off: the second request waits in the queue.
+        assert await in_flight_of_two_more(client, runtime, backend, answers) == 1
+        await asyncio.sleep(0.35)
+        assert runtime.spare_allowed()  # a quiet spell later it is back
+        assert await in_flight_of_two_more(client, runtime, backend, answers) == 2
+        backend.release.set()
+        assert {answer.status_code for answer in await asyncio.gather(*answers)} == {200}
 
 
 def test_the_budget_is_a_positive_setting() -> None:

@@ -41,6 +41,13 @@ def test_embedded_streams_follow_explicit_inference_threads() -> None:
     assert resolve(Settings(inference_threads=3), SPEC, cores=8).concurrent_batches == 3
 
 
+def test_embedded_keeps_one_spare_batch_and_triton_none() -> None:
+    assert resolve(Settings(), SPEC, cores=2).spare_batches == 1
+    assert resolve(Settings(spare_batches=0), SPEC, cores=2).spare_batches == 0
+    # Triton queues on its own side: the gateway's concurrent batches are its pipeline.
+    assert resolve(Settings(backend="triton", spare_batches=2), SPEC).spare_batches == 0
+
+
 def test_triton_keeps_a_fixed_number_of_batches_in_flight() -> None:
     effective = resolve(Settings(backend="triton"), SPEC, cores=16)
     assert effective.concurrent_batches == TRITON_CONCURRENT_BATCHES
@@ -69,6 +76,7 @@ def test_backends_are_built_from_the_resolved_values(tiny_repository: Path) -> N
     assert isinstance(embedded, EmbeddedBackend)
     config = embedded.config
     assert (config.threads, config.streams) == (2, 3) and embedded.runtime == "onnxruntime"
+    assert config.spare_batches == effective.spare_batches == 1
     assert config.warm_up_batch == model.spec.max_batch_size
 
     triton_settings = settings.model_copy(

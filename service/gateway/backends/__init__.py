@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
-from service.gateway.backends.base import Backend, ModelId, TopK, engine_of, top_k_from_probs
+from service.gateway.backends.base import (
+    Backend,
+    ModelId,
+    TopK,
+    engine_of,
+    spare_batches_of,
+    top_k_from_probs,
+)
 from service.gateway.modelinfo import ModelInfo
 from service.gateway.settings import EffectiveSettings, Settings
 
-__all__ = ["Backend", "ModelId", "TopK", "build_backend", "engine_of", "top_k_from_probs"]
+__all__ = [
+    "Backend", "ModelId", "TopK", "build_backend", "engine_of", "spare_batches_of",
+    "top_k_from_probs",
+]
 
 
 def build_backend(settings: Settings, model: ModelInfo, effective: EffectiveSettings) -> Backend:
@@ -35,6 +45,7 @@ def build_backend(settings: Settings, model: ModelInfo, effective: EffectiveSett
         version=model.version,
         threads=effective.inference_threads,
         streams=effective.concurrent_batches,
+        spare_batches=effective.spare_batches,
         runtime=settings.embedded_runtime,
         spinning=settings.inference_spinning,
         rewrite_graph=settings.inference_rewrite_graph,

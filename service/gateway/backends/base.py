@@ -88,6 +88,13 @@ def engine_of(backend: Backend) -> str | None:
     return engine if isinstance(engine, str) else None
 
 
+def spare_batches_of(backend: Backend) -> int:
+    """Batches a backend takes beyond its concurrent ones and queues itself while nothing
+    is refused (the embedded backend on OpenVINO, its `spare_batches`); 0 for the rest."""
+    spare = getattr(backend, "spare_batches", 0)
+    return spare if isinstance(spare, int) else 0
+
+
 def top_k_from_probs(probs: NDArray[np.float32], k: int) -> TopK:
     """Top-k of each row of `probs`, best first; ties go to the lower index."""
     if probs.ndim != 2:

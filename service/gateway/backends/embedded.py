@@ -50,6 +50,7 @@ class EmbeddedBackend:
         version: str,
         threads: int,
         streams: int = 1,
+        spare_batches: int = 0,
         runtime: EngineChoice = "auto",
         spinning: bool = True,
         rewrite_graph: bool = True,
@@ -59,7 +60,8 @@ class EmbeddedBackend:
         self.spec = spec
         self.runtime = runtime
         self.config = EngineConfig(
-            threads=max(1, threads), streams=max(1, streams), warm_up_batch=max(1, warm_up_batch),
+            threads=max(1, threads), streams=max(1, streams),
+            spare_batches=max(0, spare_batches), warm_up_batch=max(1, warm_up_batch),
             spinning=spinning, rewrite_graph=rewrite_graph,
         )
         self._version = version
@@ -67,13 +69,21 @@ class EmbeddedBackend:
         self._busy = 0
         self._cpu_jobs: Callable[[], int] = lambda: 0
         self._executor = ThreadPoolExecutor(
-            max_workers=self.config.streams, thread_name_prefix="ca-inference"
+            max_workers=self.config.streams + self.config.spare_batches,
+            thread_name_prefix="ca-inference",
         )
 
     @property
     def engine(self) -> EngineName | None:
         """The engine serving ("openvino" or "onnxruntime"); None before `start()`."""
         return self._engine.name if self._engine is not None else None
+
+    @property
+    def spare_batches(self) -> int:
+        """Batches the batcher may send beyond `streams` while nothing is refused: the
+        configured spares on an engine that queues them inside itself, else 0."""
+        engine = self._engine
+        return self.config.spare_batches if engine and engine.queues_spare_batches else 0
 
     def set_cpu_jobs_probe(self, probe: Callable[[], int]) -> None:
         """`probe()` says how many other CPU jobs (preprocessing) are in flight now: a
@@ -103,6 +113,8 @@ class EmbeddedBackend:
             streams, _ = stream_layout(config)
             queued = streams < config.streams  # OpenVINO queues batches beyond its streams
             detail = f", at most {streams} at once, the rest queued" if queued else ""
+            if config.spare_batches:
+                detail += f", {config.spare_batches} spare batch(es) queued while not refusing"
         logger.info(
             "loaded %s on %s: %d thread(s) for a lone batch, up to %d concurrent batches on "
             "1 thread each, warmed up to batch %d%s",

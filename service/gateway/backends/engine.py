@@ -45,11 +45,13 @@ class EngineConfig:
     """How an engine runs: `threads` for a lone batch, up to `streams` concurrent
     single-threaded calls, warm-up up to `warm_up_batch` images. ONNX Runtime runs each
     call on its calling thread; OpenVINO runs them on at most `threads` single-thread
-    streams of its own, queueing the rest. `spinning` and `rewrite_graph` apply to ONNX
-    Runtime only."""
+    streams of its own, queueing the rest, and takes `spare_batches` calls more that
+    wait inside it for a stream. `spinning` and `rewrite_graph` apply to ONNX Runtime
+    only."""
 
     threads: int = 1
     streams: int = 1
+    spare_batches: int = 0
     warm_up_batch: int = 1
     spinning: bool = True
     rewrite_graph: bool = True
@@ -65,11 +67,15 @@ def stream_layout(config: EngineConfig) -> tuple[int, int]:
     streams = min(config.streams, config.threads)
     return streams, streams
 
+
 class Engine(Protocol):
     """A loaded model. `run` blocks its calling thread and is safe to call from up to
     `config.streams` threads at once, of which at most one with `lone=True`."""
 
     name: EngineName
+    #: Whether calls beyond its streams wait inside the engine (so `spare_batches` pay)
+    #: rather than run at once and oversubscribe the cores.
+    queues_spare_batches: bool
 
     def run(self, batch: NDArray[np.uint8], *, lone: bool) -> NDArray[np.float32]:
         """Probabilities `[N, num_classes]` for uint8 `[N, H, W, 3]`."""

@@ -35,6 +35,9 @@ class OnnxRuntimeEngine:
     """The served graph on ONNX Runtime's CPU provider."""
 
     name: EngineName = "onnxruntime"
+    # A call beyond the streams would run at once: a third 1-thread run on two cores only
+    # slowed the tail (docs/performance.md).
+    queues_spare_batches = False
 
     def __init__(self, lone: ort.InferenceSession, single: ort.InferenceSession,
                  spec: ModelSpec, config: EngineConfig) -> None:

@@ -14,11 +14,11 @@ slower, docs/performance.md). Up to two compiled models of one graph:
 
 Each call takes an idle infer request of its compiled model and runs it synchronously on
 the calling thread's behalf (the backend's executor threads), so the event loop never
-blocks. With more concurrent batches than inference threads (`CA_MAX_CONCURRENT_BATCHES`
-above `CA_INFERENCE_THREADS`) the extra ones wait inside OpenVINO, and a stream starts
-the next the moment it finishes one, without the round trip through Python that leaves
-each stream idle ~6% of the time under full load (docs/performance.md: more throughput,
-slower refusals under overload). Pinning is off: with pinned threads two concurrent
+blocks. Batches beyond the streams (spare batches, `CA_SPARE_BATCHES`, or
+`CA_MAX_CONCURRENT_BATCHES` above `CA_INFERENCE_THREADS`) get infer requests of their
+own and wait inside OpenVINO, so a stream starts the next the moment it finishes one,
+without the round trip through Python that leaves each stream idle ~6% of the time under
+full load (docs/performance.md). Pinning is off: with pinned threads two concurrent
 single-thread streams did not scale, and a process sharing its cores with preprocessing
 threads must let the OS place them. Precision is pinned to f32: on CPUs with AMX or AVX-512 BF16
 OpenVINO's default is bf16, which would move probabilities by ~1e-2.
@@ -83,6 +83,7 @@ class OpenVinoEngine:
     """The served ONNX graph compiled by OpenVINO for the CPU."""
 
     name: EngineName = "openvino"
+    queues_spare_batches = True
 
     def __init__(self, lone: _Compiled | None, streams: _Compiled, spec: ModelSpec,
                  config: EngineConfig) -> None:
@@ -101,7 +102,7 @@ class OpenVinoEngine:
             model = core.read_model(str(model_path))
             native, threads = stream_layout(config)
             streams = _compile(core, model, threads=threads, streams=native,
-                               requests=config.streams)
+                               requests=config.streams + config.spare_batches)
         except EngineUnavailable:
             raise
         except Exception as exc:  # the runtime's own errors: an op it cannot compile, ...
