@@ -217,19 +217,37 @@ async def test_concurrent_batches_overlap(recorder: Recorder) -> None:
         await b.close()
 
 
-async def test_spare_batches_go_in_flight_only_while_allowed(recorder: Recorder) -> None:
-    recorder.gate = asyncio.Event()
-    allowed = False
+class Permission:
+    """What `spare_allowed()` answers; a test flips `allowed`."""
+
+    def __init__(self, allowed: bool) -> None:
+        self.allowed = allowed
+
+    def __call__(self) -> bool:
+        return self.allowed
+
+
+def with_one_spare(
+    recorder: Recorder, permission: Permission, concurrent: int
+) -> MicroBatcher[int, int]:
+    """A started batcher of single-item batches with one spare batch."""
     b: MicroBatcher[int, int] = MicroBatcher(
         recorder, max_batch_size=1, max_batch_delay_s=0.0, max_queue=8,
-        max_concurrent_batches=1, spare_batches=1, spare_allowed=lambda: allowed,
+        max_concurrent_batches=concurrent, spare_batches=1, spare_allowed=permission,
     )
     b.start()
+    return b
+
+
+async def test_spare_batches_go_in_flight_only_while_allowed(recorder: Recorder) -> None:
+    recorder.gate = asyncio.Event()
+    permission = Permission(False)
+    b = with_one_spare(recorder, permission, concurrent=1)
     try:
         tasks = [asyncio.ensure_future(b.submit(i)) for i in (1, 2, 3)]
         await asyncio.sleep(0.01)
         assert recorder.batches == [[1]] and b.batch_slots == 1  # no spare: one at a time
-        allowed = True
+        permission.allowed = True
         assert b.batch_slots == 2
         recorder.gate.set()  # a batch ends: the slots are counted again, the spare taken
         await asyncio.sleep(0.01)
@@ -242,28 +260,24 @@ async def test_spare_batches_go_in_flight_only_while_allowed(recorder: Recorder)
         second = asyncio.ensure_future(b.submit(5))
         await asyncio.sleep(0.01)
         assert recorder.batches[-2:] == [[4], [5]]  # allowed: two in flight at once
-        allowed = False
+        permission.allowed = False
         third = asyncio.ensure_future(b.submit(6))
         await asyncio.sleep(0.01)
         assert len(recorder.batches) == 5 and b.depth == 1  # refused again: 6 waits
         recorder.gate.set()
-        assert await asyncio.gather(first, second, third) == [8, 10, 12]
+        assert list(await asyncio.gather(first, second, third)) == [8, 10, 12]
     finally:
         recorder.gate.set()  # a failed check must not leave close() waiting on a batch
         await b.close()
 
 
 async def test_the_wait_estimate_spreads_over_the_spare_batches_too(recorder: Recorder) -> None:
-    allowed = True
-    b: MicroBatcher[int, int] = MicroBatcher(
-        recorder, max_batch_size=1, max_batch_delay_s=0.0, max_queue=8,
-        max_concurrent_batches=2, spare_batches=1, spare_allowed=lambda: allowed,
-    )
-    b.start()
+    permission = Permission(True)
+    b = with_one_spare(recorder, permission, concurrent=2)
     try:
         assert await b.submit(1) == 2  # one finished batch: a per-item estimate exists
         with_spare = b.expected_wait_s(6)
-        allowed = False
+        permission.allowed = False
         assert b.expected_wait_s(6) == pytest.approx(1.5 * with_spare)  # 3 -> 2 batches
     finally:
         await b.close()
