@@ -135,8 +135,8 @@ class Settings(BaseSettings):
     # are what answers the refusals quickly (docs/performance.md).
     spare_batches: int = Field(
         default=1, ge=0, le=8,
-        description="Embedded backend on OpenVINO: batches beyond CA_MAX_CONCURRENT_BATCHES "
-        "that wait inside the engine, used only while no request has been refused for a second",
+        description="Embedded backend on OpenVINO: batches beyond the concurrent ones that "
+        "wait inside the engine, used only while no request has been refused for a second",
     )
     preprocess_threads: int = Field(default=0, ge=0, description="0 means one per available core")
     inference_threads: int = Field(default=0, ge=0, description="0 means one per available core")
