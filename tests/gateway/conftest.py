@@ -1,4 +1,5 @@
-"""Gateway unit-test fixtures: a tiny model repository and a fake backend."""
+"""Gateway unit-test fixtures: a tiny model repository, a fake backend and a fake batch
+function for the micro-batcher."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from prometheus_client import CollectorRegistry
 from service.gateway.app import create_app
 from service.gateway.backends import ModelId, TopK, top_k_from_probs
 from service.gateway.settings import Settings
+from tests.support.batching import Recorder
 from tests.support.gateway import TINY_MODEL, write_tiny_repository
 
 NUM_CLASSES = 10
@@ -95,3 +97,8 @@ async def client(tiny_settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(tiny_settings, registry=CollectorRegistry())
     async for c in open_client(app):
         yield c
+
+
+@pytest.fixture
+def recorder() -> Recorder:
+    return Recorder()

@@ -57,7 +57,6 @@ class EngineConfig:
     rewrite_graph: bool = True
 
 
-
 def stream_layout(config: EngineConfig) -> tuple[int, int]:
     """(streams, threads) OpenVINO runs every batch but a lone one on: one batch at a time
     takes every thread; otherwise one single-thread stream per inference thread, at most
